@@ -1,0 +1,1 @@
+"""Evaluation: tasks, the evaluator and its cache, metrics, significance and comparisons."""

@@ -1,0 +1,158 @@
+"""One checkpoint: its name, files, tensor metadata, lazily read tensors, digest and metadata."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelsoup.errors import IngredientError
+from modelsoup.ingredients.digest import files_digest
+from modelsoup.ingredients.safetensors_format import read_header
+from modelsoup.ingredients.tensor_info import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS = "safetensors"
+SHARDED = "safetensors-sharded"
+PICKLE = "pytorch"
+
+
+@dataclass(eq=False)
+class Ingredient:
+    """A checkpoint whose tensors are read one at a time, on demand.
+
+    Attributes:
+        name: short unique name (file or directory stem).
+        source: the path the user gave (file, index file or model directory).
+        format: ``"safetensors"``, ``"safetensors-sharded"`` or ``"pytorch"``.
+        files: the weight files, in order.
+        shard_of: for sharded sets, tensor name -> file.
+        hf_dir: the Hugging Face model directory it came from, if any.
+        metadata: hyperparameters, scores etc. from the sidecar JSON (``<stem>.json``).
+
+    Example:
+        >>> ing = load_ingredient(Path("ft0.safetensors"))  # doctest: +SKIP
+        >>> ing.tensor_infos["fc.weight"].shape, ing.get("fc.weight").sum()  # doctest: +SKIP
+    """
+
+    name: str
+    source: Path
+    format: str
+    files: list[Path]
+    shard_of: dict[str, Path] = field(default_factory=dict)
+    hf_dir: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _infos: dict[str, TensorInfo] | None = field(default=None, repr=False)
+    _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
+    _pickle: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def tensor_infos(self) -> Mapping[str, TensorInfo]:
+        """Names, shapes and dtypes of every tensor, read from headers only where possible."""
+        if self._infos is None:
+            self._infos = self._read_infos()
+        return self._infos
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(i.numel for i in self.tensor_infos.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(i.nbytes for i in self.tensor_infos.values())
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the weight files (cached on disk by path, size and mtime)."""
+        return files_digest(self.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (memory-mapped for safetensors; never copies the whole file)."""
+        if self.format == PICKLE:
+            return self._load_pickle()[name]
+        path = self.shard_of.get(name, self.files[0])
+        handle = self._handles.get(path)
+        if handle is None:
+            from safetensors import safe_open
+
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as e:  # safetensors raises its own error types
+                raise IngredientError(f"{path}: cannot open as safetensors ({e})") from None
+            self._handles[path] = handle
+        try:
+            return handle.get_tensor(name)
+        except Exception as e:
+            raise IngredientError(f"{path}: cannot read tensor {name!r} ({e})") from None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor, by name (loads the whole checkpoint: use :meth:`get` to stream)."""
+        return {name: self.get(name) for name in self.tensor_infos}
+
+    def release(self) -> None:
+        """Close file handles and drop cached tensors."""
+        self._handles.clear()
+        self._pickle = None
+
+    def _read_infos(self) -> dict[str, TensorInfo]:
+        if self.format == PICKLE:
+            from modelsoup.ingredients.dtypes import from_torch
+
+            return {
+                k: TensorInfo(k, tuple(v.shape), from_torch(v.dtype))
+                for k, v in self._load_pickle().items()
+            }
+        infos: dict[str, TensorInfo] = {}
+        for path in self.files:
+            file_infos, _, _ = read_header(path)
+            for name, info in file_infos.items():
+                if name in infos:
+                    raise IngredientError(
+                        f"{path}: tensor {name!r} also appears in another shard of {self.source}"
+                    )
+                if self.shard_of and self.shard_of.get(name) != path:
+                    raise IngredientError(
+                        f"{self.source}: index places tensor {name!r} in "
+                        f"{self.shard_of.get(name)}, but it is in {path}"
+                    )
+                infos[name] = info
+        missing = set(self.shard_of) - set(infos)
+        if missing:
+            raise IngredientError(
+                f"{self.source}: index names tensors absent from the shards: "
+                f"{', '.join(sorted(missing)[:5])}"
+            )
+        if not infos:
+            raise IngredientError(f"{self.source}: holds no tensors")
+        return infos
+
+    def _load_pickle(self) -> dict[str, torch.Tensor]:
+        if self._pickle is None:
+            from modelsoup.ingredients.pickle_format import load_state_dict
+
+            self._pickle = load_state_dict(self.files[0])
+        return self._pickle
+
+
+def read_sidecar(weights_path: Path) -> dict[str, Any]:
+    """Metadata from ``<stem>.json`` beside a weight file, or ``{}``.
+
+    Example:
+        >>> read_sidecar(Path("runs/trial_003.safetensors"))  # doctest: +SKIP
+        {'hparams': {'lr': 3e-05}, 'heldout_accuracy': 0.81}
+    """
+    sidecar = weights_path.with_suffix(".json")
+    if weights_path.name.endswith(".index.json") or not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IngredientError(f"{sidecar}: sidecar metadata is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise IngredientError(f"{sidecar}: sidecar metadata must be a JSON object")
+    return data

@@ -1,0 +1,251 @@
+"""Write a soup safely: streamed safetensors (sharded when large), manifest and soup card.
+
+Everything is written into a hidden temporary directory beside the output, fsynced, and renamed
+into place at the end, with the manifest (``soup.json``) written last. An output that equals an
+input, or that already exists (without ``overwrite``), is refused before any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelsoup.errors import OutputError
+from modelsoup.ingredients.dtypes import from_torch
+from modelsoup.ingredients.ingredient import Ingredient
+from modelsoup.ingredients.tensor_info import TensorInfo
+
+DEFAULT_MAX_SHARD = 5 * 10**9
+WEIGHT_NAMES = re.compile(
+    r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.safetensors\.index\.json"
+    r"|\.bin\.index\.json|^soup\.json|^README\.md)$"
+)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"512MiB"`` -> 536870912; plain integers are bytes.
+
+    Example:
+        >>> parse_size("1.5MB")
+        1500000
+    """
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise OutputError(f"bad size {text!r} (use e.g. 500MB, 5GB, 2GiB or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def check_output(out: Path, inputs: Sequence[Ingredient], *, overwrite: bool = False) -> None:
+    """Refuse an output that is an input (or inside one) or exists, before any work."""
+    target = out.resolve()
+    for ing in inputs:
+        for p in [ing.source, *ing.files, *([ing.hf_dir] if ing.hf_dir else [])]:
+            rp = p.resolve()
+            if rp == target or target in rp.parents:
+                raise OutputError(f"{out}: refusing to write over the input {p}")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+    parent = target.parent
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: the directory {parent} is not writable")
+
+
+def write_soup(
+    out: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    infos: Mapping[str, TensorInfo],
+    *,
+    manifest: dict[str, Any],
+    card: str,
+    copy_from: Path | None = None,
+    extra_files: Mapping[str, str] | None = None,
+    max_shard_size: int = DEFAULT_MAX_SHARD,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Stream tensors into ``out/`` and return the sha256 digest of the weights.
+
+    Args:
+        out: the output directory (created; must not exist unless ``overwrite``).
+        tensors: ``(name, tensor)`` pairs in the order of ``infos``; consumed once.
+        infos: the names, shapes and dtypes that ``tensors`` will yield (plans the shards).
+        manifest: written as ``soup.json`` last, with the digest and files added.
+        card: the soup card, written as ``README.md``.
+        copy_from: a Hugging Face directory whose non-weight files (config, tokenizer) to copy.
+        extra_files: more text files to write (name -> content), e.g. a trajectory.
+        max_shard_size: bytes per shard before splitting into ``model-0000i-of-0000n``.
+        progress: called with the byte count of each tensor written.
+
+    Example:
+        >>> write_soup(Path("soup"), mix(ings, m), ings[0].tensor_infos, manifest={}, card="")  # doctest: +SKIP
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as e:
+        raise OutputError(
+            f"{out}: cannot create the output directory ({e.strerror or e})"
+        ) from None
+    try:
+        digest, files, weight_map = _write_weights(tmp, tensors, infos, max_shard_size, progress)
+        if copy_from is not None:
+            _copy_side_files(copy_from, tmp)
+        for name, text in (extra_files or {}).items():
+            _write_text(tmp / name, text)
+        _write_text(tmp / "README.md", card.replace("{digest}", digest))
+        full = {**manifest, "digest": digest, "files": files}
+        if weight_map is not None:
+            full["sharded"] = True
+        _write_text(tmp / "soup.json", json.dumps(full, indent=2, default=str) + "\n")
+        _fsync_dir(tmp)
+        _replace_dir(tmp, out, overwrite)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{out}: write failed ({e.strerror or e}); nothing was written") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return digest
+
+
+def _plan_shards(infos: Mapping[str, TensorInfo], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, info in infos.items():
+        if shards[-1] and size + info.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += info.nbytes
+    return shards
+
+
+def _header(names: Sequence[str], infos: Mapping[str, TensorInfo], meta: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    for name in names:
+        info = infos[name]
+        header[name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
+        offset += info.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_weights(
+    tmp: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    infos: Mapping[str, TensorInfo],
+    max_shard_size: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[str, list[str], dict[str, str] | None]:
+    shards = _plan_shards(infos, max_shard_size)
+    n = len(shards)
+    names = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    stream: Iterator[tuple[str, torch.Tensor]] = iter(tensors)
+    digest = hashlib.sha256()
+    for file_name, shard in zip(names, shards):
+        with (tmp / file_name).open("wb") as f:
+            head = _header(shard, infos, {"format": "pt"})
+            f.write(head)
+            digest.update(head)
+            for expected in shard:
+                name, tensor = next(stream)
+                info = infos[expected]
+                if (
+                    name != expected
+                    or tuple(tensor.shape) != info.shape
+                    or from_torch(tensor.dtype) != info.dtype
+                ):
+                    raise OutputError(f"internal error: got tensor {name!r}, expected {expected!r}")
+                data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                f.write(data.data)
+                digest.update(data.data)
+                if progress is not None:
+                    progress(info.nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+    weight_map = None
+    if n > 1:
+        weight_map = {name: file for file, shard in zip(names, shards) for name in shard}
+        total = sum(i.nbytes for i in infos.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        names.append("model.safetensors.index.json")
+    return digest.hexdigest(), names, weight_map
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    for child in sorted(src.iterdir()):
+        if (
+            child.is_file()
+            and not child.name.startswith(".")
+            and not WEIGHT_NAMES.search(child.name)
+        ):
+            shutil.copy2(child, dst / child.name)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    _fsync_dir(out.parent)

@@ -1,0 +1,9 @@
+"""Built-in tasks, registered by name (``modelsoup tasks`` lists them)."""
+
+from modelsoup.evaluation.task import register_task
+
+register_task(
+    "toy",
+    "modelsoup.tasks.toy:make_task",
+    "a tiny MLP on generated Gaussian-cluster data with shifted test sets (seconds on a CPU)",
+)
