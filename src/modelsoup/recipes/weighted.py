@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pydantic import Field
+
 from modelsoup.engine import Mixture
 from modelsoup.errors import RecipeError
 from modelsoup.ingredients import Ingredient
@@ -12,8 +14,8 @@ from modelsoup.recipes.base import Decision, Recipe, RecipeContext, RecipeOption
 
 
 class WeightedOptions(RecipeOptions):
-    weights: tuple[float, ...]
-    normalize: bool = True
+    weights: tuple[float, ...] = Field(description="One weight per ingredient, in the order given.")
+    normalize: bool = Field(True, description="Scale the weights to sum to 1.")
 
 
 @register
