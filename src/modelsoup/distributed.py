@@ -1,0 +1,131 @@
+"""torch.distributed helpers for running under ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+Outside torchrun every helper degrades to the single-process answer, so library code calls them
+unconditionally. Work is split by example index, never by batch position, so gathered results
+equal a single-process run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from modelsoup.errors import ModelSoupError
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment carries torchrun's rendezvous variables."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; ``cuda`` without CUDA errors.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cpu":
+        return torch.device("cpu")
+    if device in ("cuda", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", local % torch.cuda.device_count())
+        if device == "cuda":
+            raise ModelSoupError(
+                "--device cuda: no CUDA device is available (use --device cpu or auto)"
+            )
+        return torch.device("cpu")
+    raise ModelSoupError(f"unknown device {device!r} (use cpu, cuda or auto)")
+
+
+def init(device: str = "auto") -> torch.device:
+    """Join the process group when launched by torchrun (idempotent) and return this rank's device.
+
+    The backend is NCCL when this rank runs on a GPU, gloo otherwise.
+    """
+    dev = resolve_device(device)
+    if launched_by_torchrun() and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend)
+    return dev
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Whether this process should write files and print results (rank 0)."""
+    return rank() == 0
+
+
+def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
+    """The contiguous block of ``range(n)`` owned by a rank; blocks cover ``n`` exactly once.
+
+    Example:
+        >>> [list(shard_range(5, r, 2)) for r in range(2)]
+        [[0, 1, 2], [3, 4]]
+    """
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    base, extra = divmod(n, w)
+    start = r * base + min(r, extra)
+    return range(start, start + base + (1 if r < extra else 0))
+
+
+def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Concatenate every rank's :func:`shard_range` block of rows into the full ``[n, ...]`` tensor."""
+    if not active():
+        return local
+    w = world_size()
+    sizes = [len(shard_range(n, r, w)) for r in range(w)]
+    width = max(sizes)
+    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, _to_comm_device(padded))
+    return torch.cat([p[:s].to(local.device) for p, s in zip(parts, sizes)])
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (in place; returned for convenience)."""
+    if active():
+        moved = _to_comm_device(t)
+        dist.all_reduce(moved)
+        if moved is not t:
+            t.copy_(moved)
+    return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s object on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def _to_comm_device(t: torch.Tensor) -> torch.Tensor:
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        return t.cuda()
+    return t
