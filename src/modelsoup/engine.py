@@ -1,8 +1,8 @@
 """The streaming engine: turn a mixture of ingredients into tensors, one tensor at a time.
 
-For every tensor name, ``sum_i w_i * theta_i`` is accumulated in fp32 (or fp64 on request) and
-cast back to the ingredients' dtype. Only one accumulator and one input tensor are alive at a time,
-so peak memory does not grow with the number of ingredients.
+For every tensor name, ``sum_i w_i * theta_i`` is accumulated in fp32 (or fp64 on request; fp64
+tensors always in fp64) and cast back to the ingredients' dtype. Only one accumulator and one
+input tensor are alive at a time, so peak memory does not grow with the number of ingredients.
 
 Integer and bool tensors (e.g. BatchNorm's ``num_batches_tracked``) are never averaged as floats:
 the soup takes them, unchanged and in their own dtype, from the ingredient with the largest weight
@@ -105,11 +105,14 @@ def mix(
     if check:
         check_compatible(ingredients)
     infos = ingredients[0].tensor_infos
+    _check_per_tensor(mixture, infos, len(ingredients))
     for name, info in infos.items():
         weights = mixture.weights_for(name)
         if info.is_float:
-            tensor = _weighted_sum(ingredients, name, weights, accumulate)
-            if not allow_nonfinite and not bool(torch.isfinite(tensor).all()):
+            # fp64 tensors keep an fp64 accumulator: never accumulate below the inputs' precision
+            acc_dtype = torch.float64 if info.dtype == "F64" else accumulate
+            tensor = _weighted_sum(ingredients, name, weights, acc_dtype)
+            if not allow_nonfinite and not _all_finite(tensor):
                 raise NonFiniteError(_nonfinite_message(ingredients, name))
             yield name, tensor.to(to_torch(info.dtype))
         else:
@@ -129,6 +132,23 @@ def mix_state_dict(
     return dict(mix(ingredients, mixture, **kwargs))
 
 
+def _check_per_tensor(mixture: Mixture, infos: Mapping[str, object], k: int) -> None:
+    unknown = sorted(set(mixture.per_tensor) - set(infos))
+    if unknown:
+        raise ModelSoupError(
+            f"the mixture sets weights for tensors the ingredients lack: {', '.join(unknown[:5])}"
+        )
+    for name, weights in mixture.per_tensor.items():
+        if len(weights) != k:
+            raise ModelSoupError(
+                f"the mixture has {len(weights)} weights for tensor {name!r}, "
+                f"and there are {k} ingredients"
+            )
+
+
+_PROMOTED = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
 def _weighted_sum(
     ingredients: Sequence[Ingredient], name: str, weights: Sequence[float], dtype: torch.dtype
 ) -> torch.Tensor:
@@ -138,16 +158,21 @@ def _weighted_sum(
             continue
         t = ing.get(name)
         if acc is None:
-            acc = t.to(dtype, copy=True)
-            acc.mul_(w)
-        elif t.dtype == dtype:
-            acc.add_(t, alpha=w)
+            acc = torch.mul(t, w) if t.dtype == dtype else t.to(dtype).mul_(w)
+        elif t.dtype in _PROMOTED:
+            acc.add_(t, alpha=w)  # computed in the accumulator's dtype, without a converted copy
         else:
-            acc.add_(t.to(dtype), alpha=w)
+            acc.add_(t.to(dtype), alpha=w)  # e.g. float8, which torch does not promote
     if acc is None:
         info = ingredients[0].tensor_infos[name]
         acc = torch.zeros(info.shape, dtype=dtype)
     return acc
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # One reduction instead of a full-size mask: any NaN/Inf makes the sum NaN/Inf, and a
+    # finite tensor whose sum merely overflows gets the exact check.
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _nonfinite_message(ingredients: Sequence[Ingredient], name: str) -> str:

@@ -41,3 +41,7 @@ class TaskError(ModelSoupError):
 
 class RunDirError(ModelSoupError):
     """A run directory lacks what a command needs."""
+
+
+class AnalysisError(ModelSoupError):
+    """An analysis cannot be computed (e.g. models identical to the init, too few pairs)."""

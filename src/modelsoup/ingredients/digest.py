@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-CHUNK = 8 * 1024 * 1024
+CHUNK = 1024 * 1024
 
 
 def cache_dir() -> Path:
@@ -41,11 +41,7 @@ def file_digest(path: Path) -> str:
             return cached["sha256"]
     except (OSError, ValueError):
         pass
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = _sha256(path)
     try:
         store.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
@@ -56,11 +52,41 @@ def file_digest(path: Path) -> str:
     return digest
 
 
-def files_digest(paths: list[Path]) -> str:
-    """One digest for a list of files (a single file's own sha256 when there is one)."""
-    if len(paths) == 1:
-        return file_digest(paths[0])
+def _sha256(path: Path) -> str:
+    # One reused buffer (no fresh allocation per chunk); hashlib releases the GIL while it
+    # hashes, so several files can be hashed at once in threads (see compute_digests).
     h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode() + b"\0" + file_digest(p).encode() + b"\n")
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def files_digest(paths: list[Path]) -> str:
+    """One digest for a list of files (a single file's own sha256 when there is one).
+
+    Example:
+        >>> files_digest([Path(__file__)]) == file_digest(Path(__file__))
+        True
+    """
+    return combine_digests([(p.name, file_digest(p)) for p in paths])
+
+
+def combine_digests(named: list[tuple[str, str]]) -> str:
+    """The digest of a set of files from ``(file name, sha256 hex)`` pairs, in order.
+
+    One file: its own sha256 (what ``sha256sum`` prints). Several (shards): the sha256 of the
+    lines ``<name>\\0<sha256 hex>\\n``, one per file in order.
+
+    Example:
+        >>> combine_digests([("model.safetensors", "ab" * 32)]) == "ab" * 32
+        True
+    """
+    if len(named) == 1:
+        return named[0][1]
+    h = hashlib.sha256()
+    for name, digest in named:
+        h.update(name.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()

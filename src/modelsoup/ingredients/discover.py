@@ -166,24 +166,43 @@ def _from_file(path: Path) -> Ingredient:
 def _index_shards(index: Path) -> dict[str, str]:
     """Tensor name -> shard file name, refusing shards outside the index's directory."""
     try:
-        data = json.loads(index.read_text())
-        weight_map = data["weight_map"]
-        assert isinstance(weight_map, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, nesting
+        raise IngredientError(f"{index}: not a valid safetensors index ({e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
         raise IngredientError(
             f"{index}: not a valid safetensors index (needs a JSON object with a 'weight_map')"
-        ) from None
+        )
     folder = index.parent.resolve()
+    checked: set[str] = set()
     for tensor, shard in weight_map.items():
-        if not isinstance(shard, str) or Path(shard).is_absolute() or "/" in shard or "\\" in shard:
+        if isinstance(shard, str) and shard in checked:
+            continue
+        if (
+            not isinstance(shard, str)
+            or shard in ("", ".", "..")
+            or any(c in shard for c in "/\\\0")
+        ):
             raise IngredientError(
-                f"{index}: shard {shard!r} for tensor {tensor!r} is outside the index's directory"
+                f"{index}: shard {_short(shard)} for tensor {_short(tensor)} is not a file name "
+                "in the index's directory"
             )
         target = index.parent / shard
-        if target.resolve().parent != folder:
-            raise IngredientError(f"{index}: shard {shard!r} is outside the index's directory")
-        if not target.is_file():
-            raise IngredientError(f"{index}: shard {shard!r} is missing")
+        try:
+            inside = target.resolve().parent == folder
+            present = inside and target.is_file()
+        except OSError as e:
+            raise IngredientError(
+                f"{index}: shard {_short(shard)} cannot be read ({e.strerror or e})"
+            ) from None
+        if not inside:
+            raise IngredientError(
+                f"{index}: shard {_short(shard)} is outside the index's directory"
+            )
+        if not present:
+            raise IngredientError(f"{index}: shard {_short(shard)} is missing")
+        checked.add(shard)
     return weight_map
 
 
@@ -198,3 +217,8 @@ def _dedupe_names(ingredients: list[Ingredient]) -> None:
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise IngredientError(f"the same ingredient is given twice: {', '.join(dupes)}")
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."

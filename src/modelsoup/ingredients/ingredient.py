@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import mmap
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelsoup.errors import IngredientError
-from modelsoup.ingredients.digest import files_digest
-from modelsoup.ingredients.safetensors_format import read_header
+from modelsoup.ingredients.digest import combine_digests, file_digest
+from modelsoup.ingredients.safetensors_format import read_layout
 from modelsoup.ingredients.tensor_info import TensorInfo
 
 if TYPE_CHECKING:
@@ -48,8 +50,9 @@ class Ingredient:
     hf_dir: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     _infos: dict[str, TensorInfo] | None = field(default=None, repr=False)
-    _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
+    _offsets: dict[str, int] = field(default_factory=dict, repr=False)
     _pickle: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
 
     @property
     def tensor_infos(self) -> Mapping[str, TensorInfo]:
@@ -66,37 +69,33 @@ class Ingredient:
     def nbytes(self) -> int:
         return sum(i.nbytes for i in self.tensor_infos.values())
 
-    @cached_property
+    @property
     def digest(self) -> str:
         """sha256 of the weight files (cached on disk by path, size and mtime)."""
-        return files_digest(self.files)
+        if self._digest is None:
+            self._digest = combine_digests([(p.name, file_digest(p)) for p in self.files])
+        return self._digest
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (memory-mapped for safetensors; never copies the whole file)."""
+        """Read one tensor (memory-mapped for safetensors; never copies the whole file).
+
+        A safetensors tensor is a copy-on-write mapping of its bytes: reading costs no copy,
+        writing to it never reaches the file, and the mapping (with its resident pages) goes
+        away with the tensor, so streaming through many ingredients keeps memory flat.
+        """
         if self.format == PICKLE:
             return self._load_pickle()[name]
-        path = self.shard_of.get(name, self.files[0])
-        handle = self._handles.get(path)
-        if handle is None:
-            from safetensors import safe_open
-
-            try:
-                handle = safe_open(str(path), framework="pt")
-            except Exception as e:  # safetensors raises its own error types
-                raise IngredientError(f"{path}: cannot open as safetensors ({e})") from None
-            self._handles[path] = handle
-        try:
-            return handle.get_tensor(name)
-        except Exception as e:
-            raise IngredientError(f"{path}: cannot read tensor {name!r} ({e})") from None
+        info = self.tensor_infos.get(name)
+        if info is None:
+            raise IngredientError(f"{self.source}: no tensor named {name!r}")
+        return _map_tensor(self.shard_of.get(name, self.files[0]), self._offsets[name], info)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor, by name (loads the whole checkpoint: use :meth:`get` to stream)."""
         return {name: self.get(name) for name in self.tensor_infos}
 
     def release(self) -> None:
-        """Close file handles and drop cached tensors."""
-        self._handles.clear()
+        """Drop cached tensors (safetensors tensors hold no handles beyond their own lifetime)."""
         self._pickle = None
 
     def _read_infos(self) -> dict[str, TensorInfo]:
@@ -109,7 +108,8 @@ class Ingredient:
             }
         infos: dict[str, TensorInfo] = {}
         for path in self.files:
-            file_infos, _, _ = read_header(path)
+            file_infos, _, _, offsets = read_layout(path)
+            self._offsets.update(offsets)
             for name, info in file_infos.items():
                 if name in infos:
                     raise IngredientError(
@@ -151,8 +151,53 @@ def read_sidecar(weights_path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # bad UTF-8/JSON, huge ints, nesting
         raise IngredientError(f"{sidecar}: sidecar metadata is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise IngredientError(f"{sidecar}: sidecar metadata must be a JSON object")
     return data
+
+
+def compute_digests(ingredients: Sequence[Ingredient], workers: int | None = None) -> list[str]:
+    """The digests of many ingredients, hashing their files in parallel threads.
+
+    ``hashlib`` releases the GIL while hashing, so on n cores n files hash at once. Digests are
+    stored on the ingredients (and cached on disk), so later ``ing.digest`` calls are free.
+
+    Example:
+        >>> compute_digests(load_ingredients(["trials/"]))  # doctest: +SKIP
+        ['53aa5117...', ...]
+    """
+    todo = sorted({p for ing in ingredients if ing._digest is None for p in ing.files})
+    if todo:
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="modelsoup-digest") as pool:
+            done = dict(zip(todo, pool.map(file_digest, todo)))
+        for ing in ingredients:
+            if ing._digest is None:
+                ing._digest = combine_digests([(p.name, done[p]) for p in ing.files])
+    return [ing.digest for ing in ingredients]
+
+
+def _map_tensor(path: Path, offset: int, info: TensorInfo) -> torch.Tensor:
+    """One tensor backed by a private copy-on-write mapping of its bytes in ``path``."""
+    import torch
+
+    from modelsoup.ingredients.dtypes import to_torch
+
+    dtype = to_torch(info.dtype)
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        with path.open("rb") as f:
+            view = mmap.mmap(
+                f.fileno(), offset + info.nbytes - base, access=mmap.ACCESS_COPY, offset=base
+            )
+    except (OSError, ValueError) as e:  # e.g. the file shrank since its header was read
+        raise IngredientError(f"{path}: cannot read tensor {info.name!r} ({e})") from None
+    tensor = torch.frombuffer(view, dtype=dtype, count=info.numel, offset=offset - base)
+    tensor = tensor.view(info.shape)
+    if (offset - base) % tensor.element_size():
+        tensor = tensor.clone()  # a misaligned tensor (legal in safetensors): an aligned copy
+    return tensor

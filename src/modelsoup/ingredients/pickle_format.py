@@ -9,12 +9,14 @@ their code never runs.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from modelsoup.errors import IngredientError, UnsafeCheckpointError
+from modelsoup.ingredients.dtypes import from_torch
 
 STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -30,44 +32,87 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     Example:
         >>> sd = load_state_dict(Path("model.pt"))  # doctest: +SKIP
     """
-    if path.stat().st_size == 0:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as e:
+        raise IngredientError(f"{path}: cannot read ({e.strerror or e})") from None
+    if empty:
         raise IngredientError(f"{path}: empty file (0 bytes)")
     obj = _torch_load(path)
     state = _find_state_dict(path, obj)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(key, str):
-            raise IngredientError(f"{path}: state dict key {key!r} is not a string")
+            raise IngredientError(f"{path}: state dict key {_short(key)} is not a string")
         if not isinstance(value, torch.Tensor):
             raise IngredientError(
-                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor"
+                f"{path}: entry {_short(key)} is a {type(value).__name__}, not a tensor"
             )
-        out[_strip(key)] = value
+        problem = _unsupported(value)
+        if problem:
+            raise IngredientError(f"{path}: tensor {_short(key)} is {problem}")
+        name = _strip(key)
+        if name in out:
+            raise IngredientError(
+                f"{path}: two entries are named {name!r} once the module./_orig_mod. "
+                "prefixes are stripped"
+            )
+        out[name] = value.detach()  # a plain tensor, also for nn.Parameter (shares storage)
     if not out:
         raise IngredientError(f"{path}: holds no tensors")
     return out
 
 
-def _torch_load(path: Path) -> object:
-    mmap = zipfile.is_zipfile(path)
+def _unsupported(t: torch.Tensor) -> str | None:
+    """Why a loaded tensor cannot be mixed or written to safetensors, or None."""
+    if t.layout != torch.strided:
+        return f"not a dense tensor (layout {t.layout})"
+    if t.is_quantized:
+        return f"quantized ({t.dtype})"
+    if t.device.type != "cpu":
+        return f"on device {t.device}"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        from_torch(t.dtype)
+    except ValueError:
+        return f"of dtype {t.dtype}, which safetensors cannot store"
+    return None
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        mmap = zipfile.is_zipfile(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
-            f"{path}: refused: the pickle holds objects beyond tensors and plain containers, "
-            f"and loading it would run code ({_first_line(e)}). If you trust this file, convert it "
-            "once in a trusted environment: torch.save(model.state_dict(), 'clean.pt') or save it "
-            "as safetensors."
+            f"{path}: refused: not a plain weights pickle ({_reason(e)}). Only tensors and plain "
+            "containers are loaded (torch.load with weights_only=True); nothing in the file was "
+            "run. If you trust this file, convert it once in a trusted environment: "
+            "torch.save(model.state_dict(), 'clean.pt') or save it as safetensors."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except Exception as e:  # hostile bytes make torch.load raise almost anything
         raise IngredientError(
-            f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})"
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_reason(e)})"
         ) from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+def _reason(e: BaseException) -> str:
+    """The informative line of a (possibly long) torch.load error, without torch's advice."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    reason = (useful or lines or [type(e).__name__])[0]
+    return reason.split(" Please use `torch.serialization", 1)[0][:300]
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _find_state_dict(path: Path, obj: object) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from modelsoup.errors import IngredientError
 from modelsoup.ingredients.tensor_info import DTYPE_SIZES, TensorInfo
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
@@ -28,6 +28,18 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
 
     Example:
         >>> infos, meta, start = read_header(Path("model.safetensors"))  # doctest: +SKIP
+    """
+    infos, metadata, start, _ = read_layout(path)
+    return infos, metadata, start
+
+
+def read_layout(
+    path: Path,
+) -> tuple[dict[str, TensorInfo], dict[str, str], int, dict[str, int]]:
+    """:func:`read_header` plus where each tensor's bytes start in the file (absolute offsets).
+
+    Example:
+        >>> infos, meta, start, offsets = read_layout(Path("model.safetensors"))  # doctest: +SKIP
     """
     try:
         size = path.stat().st_size
@@ -45,13 +57,17 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
         raise IngredientError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IngredientError(f"{path}: corrupt safetensors header (not JSON: {e})") from e
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise IngredientError(f"{path}: corrupt safetensors header (not JSON: {e})") from None
     if not isinstance(header, dict):
         raise IngredientError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise IngredientError(f"{path}: corrupt safetensors header (__metadata__ is not an object)")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise IngredientError(
+            f"{path}: corrupt safetensors header (__metadata__ must map names to strings)"
+        )
     start = 8 + n
     data_size = size - start
     infos: dict[str, TensorInfo] = {}
@@ -61,17 +77,25 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
         infos[name] = info
         spans.append((*span, name))
     spans.sort()
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
-        if begin_b < end_a:
+    # As the safetensors library requires: sorted by offset, the tensors tile the data exactly.
+    end, prev = 0, None
+    for begin, stop, name in spans:
+        if begin < end:
             raise IngredientError(
-                f"{path}: corrupt safetensors header (tensors {name_a!r} and {name_b!r} overlap)"
+                f"{path}: corrupt safetensors header (tensors {prev!r} and {name!r} overlap)"
             )
-    if spans and spans[-1][1] != data_size:
+        if begin > end:
+            raise IngredientError(
+                f"{path}: corrupt safetensors header (a gap of {begin - end} bytes before "
+                f"tensor {name!r})"
+            )
+        end, prev = stop, name
+    if end != data_size:
         raise IngredientError(
             f"{path}: truncated or corrupt safetensors file "
-            f"(tensors end at byte {spans[-1][1]} of the data, the file holds {data_size})"
+            f"(tensors end at byte {end} of the data, the file holds {data_size})"
         )
-    return infos, {str(k): str(v) for k, v in metadata.items()}, start
+    return infos, dict(metadata), start, {name: start + begin for begin, _, name in spans}
 
 
 def _parse_entry(
@@ -83,16 +107,17 @@ def _parse_entry(
     if not isinstance(entry, dict):
         raise bad("entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
-        raise bad(f"unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise bad(f"bad shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and o >= 0 for o in offsets)
-    ):
-        raise bad(f"bad data_offsets {offsets!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise bad(f"unknown dtype {_short(dtype)}")
+    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+        raise bad(f"bad shape {_short(shape)}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_u64, offsets)):
+        raise bad(f"bad data_offsets {_short(offsets)}")
+    numel = 1
+    for d in shape:  # the library multiplies in 64 bits and refuses an overflow
+        numel *= d
+        if numel >= 2**64:
+            raise bad(f"shape {_short(shape)} is too large")
     begin, end = offsets
     info = TensorInfo(name=name, shape=tuple(shape), dtype=dtype)
     if end < begin or end - begin != info.nbytes:
@@ -100,3 +125,12 @@ def _parse_entry(
     if end > data_size:
         raise bad(f"data_offsets {offsets} point past the end of the file")
     return info, (begin, end)
+
+
+def _is_u64(x: object) -> bool:
+    return type(x) is int and 0 <= x < 2**64  # bool is not an int here
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."

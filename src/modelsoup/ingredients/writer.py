@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,14 @@ from typing import Any
 import torch
 
 from modelsoup.errors import OutputError
+from modelsoup.ingredients.digest import combine_digests
 from modelsoup.ingredients.dtypes import from_torch
 from modelsoup.ingredients.ingredient import Ingredient
 from modelsoup.ingredients.tensor_info import TensorInfo
 
 DEFAULT_MAX_SHARD = 5 * 10**9
+#: the background writer syncs to disk every this many bytes, so that the final fsync is short
+SYNC_EVERY = 64 * 10**6
 WEIGHT_NAMES = re.compile(
     r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.h5|\.msgpack|\.safetensors\.index\.json"
     r"|\.bin\.index\.json|^soup\.json|^README\.md)$"
@@ -60,18 +65,42 @@ def parse_size(text: str | int) -> int:
 
 
 def check_output(out: Path, inputs: Sequence[Ingredient], *, overwrite: bool = False) -> None:
-    """Refuse an output that is an input (or inside one) or exists, before any work."""
-    target = out.resolve()
+    """Refuse, before any work, an output that is an input or holds one, that exists (unless
+    ``overwrite``), or whose directory cannot be created or written.
+
+    Example:
+        >>> check_output(Path("soups/uniform"), load_ingredients(["trials/"]))  # doctest: +SKIP
+    """
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as e:  # e.g. a symlink loop
+        raise OutputError(f"{out}: cannot use this output path ({e})") from None
     for ing in inputs:
         for p in [ing.source, *ing.files, *([ing.hf_dir] if ing.hf_dir else [])]:
             rp = p.resolve()
             if rp == target or target in rp.parents:
                 raise OutputError(f"{out}: refusing to write over the input {p}")
-    if out.exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
-    parent = target.parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise OutputError(f"{out}: the directory {parent} is not writable")
+    _check_writable(out, target.parent)
+
+
+def _check_writable(out: Path, parent: Path) -> None:
+    """Probe the nearest existing ancestor by creating (and removing) a directory in it.
+
+    A real probe rather than ``os.access``, which says yes to root on read-only places.
+    """
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{out}: cannot create the output: {ancestor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".modelsoup-probe-", dir=ancestor))
+    except OSError as e:
+        raise OutputError(
+            f"{out}: cannot write in the directory {ancestor} ({e.strerror or e})"
+        ) from None
 
 
 def write_soup(
@@ -79,8 +108,8 @@ def write_soup(
     tensors: Iterable[tuple[str, torch.Tensor]],
     infos: Mapping[str, TensorInfo],
     *,
-    manifest: dict[str, Any],
-    card: str,
+    manifest: dict[str, Any] | Callable[[], dict[str, Any]],
+    card: str | Callable[[dict[str, Any]], str],
     copy_from: Path | None = None,
     extra_files: Mapping[str, str] | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD,
@@ -93,8 +122,10 @@ def write_soup(
         out: the output directory (created; must not exist unless ``overwrite``).
         tensors: ``(name, tensor)`` pairs in the order of ``infos``; consumed once.
         infos: the names, shapes and dtypes that ``tensors`` will yield (plans the shards).
-        manifest: written as ``soup.json`` last, with the digest and files added.
-        card: the soup card, written as ``README.md``.
+        manifest: written as ``soup.json`` last, with the digest and files added; or a
+            function that returns it, called once the weights are written (so that work it
+            waits for, such as hashing the inputs, overlaps with writing).
+        card: the soup card, written as ``README.md``; or a function of the manifest.
         copy_from: a Hugging Face directory whose non-weight files (config, tokenizer) to copy.
         extra_files: more text files to write (name -> content), e.g. a trajectory.
         max_shard_size: bytes per shard before splitting into ``model-0000i-of-0000n``.
@@ -106,15 +137,21 @@ def write_soup(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+    created = _missing_dirs(out.parent)  # removed again if the write fails
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     except OSError as e:
+        _remove_dirs(created)
         raise OutputError(
             f"{out}: cannot create the output directory ({e.strerror or e})"
         ) from None
     try:
         digest, files, weight_map = _write_weights(tmp, tensors, infos, max_shard_size, progress)
+        if callable(manifest):
+            manifest = manifest()
+        if callable(card):
+            card = card(manifest)
         if copy_from is not None:
             _copy_side_files(copy_from, tmp)
         for name, text in (extra_files or {}).items():
@@ -128,11 +165,31 @@ def write_soup(
         _replace_dir(tmp, out, overwrite)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(created)
         raise OutputError(f"{out}: write failed ({e.strerror or e}); nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(created)
         raise
     return digest
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    for p in [path, *path.parents]:
+        if os.path.lexists(p):
+            break
+        missing.append(p)
+    return missing[::-1]
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    for d in reversed(dirs):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def _plan_shards(infos: Mapping[str, TensorInfo], max_bytes: int) -> list[list[str]]:
@@ -178,12 +235,10 @@ def _write_weights(
         else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     )
     stream: Iterator[tuple[str, torch.Tensor]] = iter(tensors)
-    digest = hashlib.sha256()
+    digests: list[tuple[str, str]] = []
     for file_name, shard in zip(names, shards):
-        with (tmp / file_name).open("wb") as f:
-            head = _header(shard, infos, {"format": "pt"})
-            f.write(head)
-            digest.update(head)
+        with (tmp / file_name).open("wb") as f, _BackgroundWriter(f) as sink:
+            sink.put(_header(shard, infos, {"format": "pt"}))
             for expected in shard:
                 name, tensor = next(stream)
                 info = infos[expected]
@@ -193,13 +248,10 @@ def _write_weights(
                     or from_torch(tensor.dtype) != info.dtype
                 ):
                     raise OutputError(f"internal error: got tensor {name!r}, expected {expected!r}")
-                data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-                f.write(data.data)
-                digest.update(data.data)
+                sink.put(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
                 if progress is not None:
                     progress(info.nbytes)
-            f.flush()
-            os.fsync(f.fileno())
+        digests.append((file_name, sink.hexdigest()))
     weight_map = None
     if n > 1:
         weight_map = {name: file for file, shard in zip(names, shards) for name in shard}
@@ -207,7 +259,61 @@ def _write_weights(
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
         names.append("model.safetensors.index.json")
-    return digest.hexdigest(), names, weight_map
+    return combine_digests(digests), names, weight_map
+
+
+class _BackgroundWriter:
+    """Writes, hashes and syncs one file in a thread, while the caller computes what comes next.
+
+    The queue holds at most one buffer, so at most two tensors beyond the one being computed
+    are alive. Every :data:`SYNC_EVERY` bytes the data is synced, so the disk works while the
+    soup is being mixed and the final fsync has little left to do. An error in the thread is
+    raised in the caller at its next :meth:`put` or at the end.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="modelsoup-writer", daemon=True)
+
+    def __enter__(self) -> _BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def put(self, data: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def __exit__(self, kind: type | None, *_: Any) -> None:
+        self._queue.put(None)  # the thread drains the queue even after an error
+        self._thread.join()
+        if kind is None and self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        f, pending = self._f, 0
+        sync = getattr(os, "fdatasync", os.fsync)
+        try:
+            while (data := self._queue.get()) is not None:
+                f.write(data)
+                self._hash.update(data)
+                pending += len(data)
+                if pending >= SYNC_EVERY:
+                    f.flush()
+                    sync(f.fileno())
+                    pending = 0
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException as e:  # re-raised in the caller's thread
+            self._error = e
+            while self._queue.get() is not None:
+                pass
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -244,8 +350,15 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
             raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
         trash = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(trash, out)  # put the old output back
+            raise
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)
     else:
         os.replace(tmp, out)
     _fsync_dir(out.parent)

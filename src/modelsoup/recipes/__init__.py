@@ -1,6 +1,6 @@
 """Recipes decide the weights of a soup. One module per recipe, one registry line each."""
 
-from modelsoup.recipes import uniform, weighted  # noqa: F401  (registers the recipes)
+from modelsoup.recipes import greedy, learned, uniform, weighted  # noqa: F401  (registers the recipes)
 from modelsoup.recipes.base import (
     Decision,
     Recipe,

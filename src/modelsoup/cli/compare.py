@@ -1,0 +1,88 @@
+"""``modelsoup compare PATH... --task TASK -o RUN_DIR``: the paper's table, with significance.
+
+Prints the table and writes ``RUN_DIR/results.json``, ``results.csv``, ``report.md`` and
+``fig1.png`` (see docs/results.md).
+"""
+
+from __future__ import annotations
+
+import click
+
+from modelsoup.cli.options import device_option, paths_argument, quiet, task_option
+
+
+@click.command("compare")
+@paths_argument
+@task_option()
+@click.option(
+    "-o",
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(),
+    metavar="RUN_DIR",
+    help="Run directory for results.json, results.csv, report.md and fig1.png.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seeds the random greedy order, learned soups, permutations and bootstrap.",
+)
+@click.option(
+    "--rule",
+    type=click.Choice([">=", ">"]),
+    default=">=",
+    show_default=True,
+    help="Greedy acceptance rule: >= (the paper) or > (the official code).",
+)
+@device_option
+@click.option(
+    "--batch-size", type=int, default=None, help="Evaluation batch size (default: the task's)."
+)
+@click.option(
+    "--methods",
+    default=None,
+    metavar="A,B,...",
+    help="Only these rows (best_individual is always included). Default: all available.",
+)
+@click.option("--ci", is_flag=True, help="Show 95% confidence intervals in the terminal table.")
+@click.option("--overwrite", is_flag=True, help="Replace results already in RUN_DIR.")
+def command(
+    paths: tuple[str, ...],
+    task_ref: str,
+    run_dir: str,
+    seed: int,
+    rule: str,
+    device: str,
+    batch_size: int | None,
+    methods: str | None,
+    ci: bool,
+    overwrite: bool,
+) -> None:
+    """Compare soups, ensembles and baselines on held-out, ID and shift splits (the paper's table)."""
+    from modelsoup.evaluation.compare import compare
+    from modelsoup.evaluation.evaluator import Evaluator
+    from modelsoup.evaluation.report import check_run_dir, format_table, write_results
+    from modelsoup.evaluation.task import load_task
+    from modelsoup.ingredients import load_ingredients
+
+    silent = quiet(click.get_current_context())
+    check_run_dir(run_dir, overwrite=overwrite)
+    ingredients = load_ingredients(paths)
+    evaluator = Evaluator(
+        load_task(task_ref), device=device, batch_size=batch_size, progress=not silent
+    )
+    wanted = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
+    result = compare(ingredients, evaluator, methods=wanted, seed=seed, rule=rule, log=say)
+    meta = {
+        "command": "modelsoup compare",
+        "paths": list(paths),
+        "task_ref": task_ref,
+        "device": str(evaluator.device),
+        "batch_size": evaluator.batch_size,
+    }
+    written = write_results(result, run_dir, overwrite=overwrite, metadata=meta)
+    click.echo(format_table(result, ci=ci))
+    click.echo(f"\nwrote {', '.join(str(p) for p in written.values())}")

@@ -1,0 +1,54 @@
+"""``modelsoup evaluate PATH... --task TASK -o RUN_DIR``: every ingredient on every split."""
+
+from __future__ import annotations
+
+import click
+
+from modelsoup.cli.options import device_option, paths_argument, quiet, task_option
+from modelsoup.cli.table import format_table
+
+
+@click.command("evaluate")
+@paths_argument
+@task_option()
+@click.option(
+    "-o", "--out", "run_dir", required=True, type=click.Path(), metavar="RUN_DIR",
+    help="Run directory; evaluation.json and evaluation.csv are written there.",
+)  # fmt: skip
+@click.option(
+    "--overwrite", is_flag=True, help="Replace evaluation.json/.csv if RUN_DIR already has them."
+)
+@device_option
+@click.option("--batch-size", type=int, default=None, help="Batch size (default: the task's).")
+@click.pass_context
+def command(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    task_ref: str,
+    run_dir: str,
+    overwrite: bool,
+    device: str,
+    batch_size: int | None,
+) -> None:
+    """Evaluate every ingredient on every split of TASK; print a table of the headline metric (%).
+
+    Logits are cached per example, so later commands (cook greedy, compare) reuse them.
+    """
+    from modelsoup.evaluation.evaluator import (
+        Evaluator,
+        check_evaluation_output,
+        evaluate_ingredients,
+    )
+    from modelsoup.evaluation.task import load_task
+    from modelsoup.ingredients import load_ingredients
+
+    silent = quiet(ctx)
+    check_evaluation_output(run_dir, overwrite=overwrite)
+    ingredients = load_ingredients(paths)
+    task = load_task(task_ref)
+    evaluator = Evaluator(task, device=device, batch_size=batch_size, progress=not silent)
+    log = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
+    table = evaluate_ingredients(ingredients, evaluator, log_fn=log)
+    written = table.write(run_dir, overwrite=overwrite)
+    click.echo(format_table(*table.display(), align="l" + "r" * len(table.splits) + "r"))
+    click.echo(f"\nwritten: {', '.join(str(p) for p in written)}")

@@ -1,0 +1,53 @@
+"""``modelsoup sweep --task TASK --trials N -o RUN_DIR``: fine-tune from one shared init.
+
+Writes ``RUN_DIR/init.safetensors`` (the linear-probe init) and ``RUN_DIR/trials/trial_XXX``
+(weights + sidecar JSON); a rerun skips finished trials. Every field of
+:class:`~modelsoup.demo.sweep.SweepOptions` is a flag (ranges as ``LOW,HIGH``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from modelsoup.cli.options import model_option_flags, quiet, task_option
+from modelsoup.demo.sweep import QUICK, SweepOptions
+
+
+def run(task_ref: str, run_dir: str, quick: bool, **flags: Any) -> None:
+    """Fine-tune one model many times with random hyperparameters (the paper's sweep).
+
+    \b
+    Example:
+      modelsoup sweep --task toy --trials 8 -o runs/toy
+      modelsoup sweep --task demo --trials 4 --quick -o runs/demo-sweep
+    """
+    from modelsoup.demo.sweep import run_sweep
+    from modelsoup.evaluation.task import load_task
+
+    ctx = click.get_current_context()
+    given = {
+        k: v for k, v in flags.items()
+        if v is not None and ctx.get_parameter_source(k) != ParameterSource.DEFAULT
+    }
+    values = {**(QUICK if quick else {}), **given}
+    options = SweepOptions.parse(**values)
+    silent = quiet(ctx)
+    say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
+    result = run_sweep(load_task(task_ref), run_dir, options, progress=not silent, log=say)
+    click.echo(
+        f"{run_dir}: init + {len(result.trials)} trial(s) ({len(result.trained)} trained now, "
+        f"{len(result.trials) - len(result.trained)} reused) in {result.wall_time:.0f}s"
+    )
+
+
+run = model_option_flags(SweepOptions, run)
+run = click.option("--quick", is_flag=True, help="Half-length runs and a smaller linear probe.")(run)
+run = click.option(
+    "-o", "--out", "run_dir", required=True, type=click.Path(), metavar="RUN_DIR",
+    help="Run directory (created; reused to resume).",
+)(run)
+run = task_option()(run)
+command = click.command("sweep")(run)

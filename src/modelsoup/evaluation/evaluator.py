@@ -1,0 +1,570 @@
+"""The evaluator: run any predictor over a task's splits, batched, cached per example.
+
+A *source* is what gets evaluated:
+
+* an :class:`~modelsoup.ingredients.Ingredient` (cached under its content digest),
+* a :class:`~modelsoup.soup.Soup` (cached under ``soup.mixture.key(soup.ingredients)``; its
+  tensors are only mixed when something is missing from the cache),
+* a ``(key, value)`` pair whose value is a state dict, a function returning one (called only on a
+  cache miss), or an ``nn.Module`` to run as is (ensembles),
+* a bare state dict (never cached).
+
+Logits are cached on disk per (source key, task/split fingerprint, example index), so an
+ingredient is evaluated once per split across commands and runs, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from modelsoup.errors import ModelSoupError, OutputError, TaskError
+from modelsoup.evaluation.cache import PredictionCache, atomic_write
+from modelsoup.evaluation.metrics import check_logits, compute_metrics
+from modelsoup.evaluation.task import Split, Task, default_collate
+from modelsoup.ingredients import Ingredient
+from modelsoup.soup import Soup
+
+log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
+Source = Ingredient | Soup | tuple[str, Any] | StateDict
+
+MAX_LISTED = 10
+
+
+@dataclass
+class EvalStats:
+    """Work counters, so tests and benchmarks can assert what was (not) computed.
+
+    Attributes:
+        forward_examples: examples passed through a model.
+        forward_batches: batches passed through a model.
+        cached_examples: examples whose logits came from the cache.
+        model_loads: state dicts loaded into the model.
+    """
+
+    forward_examples: int = 0
+    forward_batches: int = 0
+    cached_examples: int = 0
+    model_loads: int = 0
+
+
+@dataclass
+class _Resolved:
+    key: str | None
+    name: str
+    make: Callable[[], Any]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is ``cuda`` when available, else ``cpu``; refuses an unavailable ``cuda``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSoupError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class Evaluator:
+    """Score ingredients, soups and other predictors on a task's splits.
+
+    Args:
+        task: the :class:`~modelsoup.evaluation.task.Task`.
+        cache_dir: where per-example logits are cached (default:
+            ``$MODELSOUP_CACHE_DIR/predictions``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        batch_size: evaluation batch size (default: ``task.batch_size``). It never changes
+            cache keys.
+        progress: show tqdm progress bars.
+
+    Example:
+        >>> ev = Evaluator(load_task("toy"))  # doctest: +SKIP
+        >>> ev.evaluate(ingredient)["test"]["accuracy"]  # doctest: +SKIP
+        0.9125
+        >>> ev.stats.forward_examples  # doctest: +SKIP
+        2000
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        cache_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise TaskError(f"batch size must be at least 1, got {batch_size}")
+        if cache_dir is None:
+            from modelsoup.ingredients.digest import cache_dir as default_cache_dir
+
+            cache_dir = default_cache_dir() / "predictions"
+        self.task = task
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size or task.batch_size)
+        self.progress = progress
+        self.cache = PredictionCache(Path(cache_dir))
+        self.stats = EvalStats()
+        self._model: nn.Module | None = None
+        self._fingerprints: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def default_splits(self) -> tuple[str, ...]:
+        """The held-out split, the ID test split, then the shifts (no training split)."""
+        return tuple(dict.fromkeys((self.task.heldout, *self.task.report_splits)))
+
+    def fingerprint(self, split: str) -> str:
+        """``task.fingerprint(split)``, computed once per evaluator."""
+        if split not in self._fingerprints:
+            self._fingerprints[split] = self.task.fingerprint(split)
+        return self._fingerprints[split]
+
+    def logits(self, source: Source, split: str) -> torch.Tensor:
+        """Logits ``[N, C]`` (float32, CPU) of ``source`` on every example of ``split``, in order.
+
+        Only examples missing from the cache are run through the model.
+
+        Raises:
+            TaskError: unknown or empty split, weights that do not fit the model, labels outside
+                the model's classes.
+
+        Example:
+            >>> ev.logits(ingredient, "heldout").shape  # doctest: +SKIP
+            torch.Size([400, 4])
+        """
+        res = self._resolve(source)
+        sp = self._split(split)
+        n = len(sp)
+        entry = self._cached(res, split, n)
+        logits = None if entry is None else entry.logits.clone()
+        have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
+        missing = (~have).nonzero().flatten().tolist()
+        self.stats.cached_examples += n - len(missing)
+        if missing:
+            model = self._predictor(res)
+            with self._bar(len(missing), f"{res.name} · {split}") as bar:
+                for start in range(0, len(missing), self.batch_size):
+                    idx = missing[start : start + self.batch_size]
+                    out = self._forward(model, sp, idx, res.name)
+                    logits, have = _place(logits, have, idx, out, n)
+                    bar.update(len(idx))
+            self._store(res, split, logits, have)
+        logits = cast(torch.Tensor, logits)
+        check_logits(logits, sp.labels, where=f"{res.name} on split {split!r}")
+        return logits
+
+    def metrics(self, logits: torch.Tensor, split: str) -> dict[str, Any]:
+        """``accuracy``, ``balanced_accuracy``, ``nll``, ``ece`` (15 bins), ``n``, ``correct``,
+        and ``score``: the task's headline metric for ``split``.
+
+        Example:
+            >>> ev.metrics(ev.logits(ingredient, "test"), "test")["score"]  # doctest: +SKIP
+            0.9125
+        """
+        sp = self._split(split)
+        check_logits(logits, sp.labels, where=f"split {split!r}")
+        return compute_metrics(logits, sp.labels, self.task.metric_for(split))
+
+    def evaluate(self, source: Source, splits: Sequence[str] | None = None) -> dict[str, dict]:
+        """``{split: metrics}`` for ``splits`` (default: :attr:`default_splits`).
+
+        Example:
+            >>> ev.evaluate(soup, ["heldout"])["heldout"]["accuracy"]  # doctest: +SKIP
+            0.93
+        """
+        names = self.default_splits if splits is None else tuple(splits)
+        return {s: self.metrics(self.logits(source, s), s) for s in names}
+
+    def count_correct(self, source: Source, split: str, *, need: int) -> tuple[bool, int, int]:
+        """Count correct predictions, stopping once ``need`` correct ones are out of reach.
+
+        Batches run in index order; after each, if ``correct + remaining < need`` the count stops.
+        Cached rows are read, not recomputed, and new rows are cached. The answer is exact:
+        ``reached`` is ``True`` iff the full count is at least ``need``, and then ``correct``
+        is the full count.
+
+        Returns:
+            ``(reached, correct, evaluated)``: ``evaluated`` examples were looked at.
+
+        Example:
+            >>> ev.count_correct(("candidate", sd), "heldout", need=350)  # doctest: +SKIP
+            (False, 120, 256)
+        """
+        res = self._resolve(source)
+        sp = self._split(split)
+        n = len(sp)
+        entry = self._cached(res, split, n)
+        logits = None if entry is None else entry.logits.clone()
+        have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
+        model = None
+        fresh = False
+        correct = evaluated = 0
+        with self._bar(n, f"{res.name} · {split}") as bar:
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                miss = [i for i in range(start, stop) if not have[i]]
+                self.stats.cached_examples += stop - start - len(miss)
+                if miss:
+                    model = model or self._predictor(res)
+                    out = self._forward(model, sp, miss, res.name)
+                    logits, have = _place(logits, have, miss, out, n)
+                    fresh = True
+                rows = cast(torch.Tensor, logits)[start:stop]
+                if not miss:
+                    _check_width(rows.shape[1], sp, res.name)
+                correct += int((rows.argmax(dim=-1) == sp.labels[start:stop]).sum())
+                evaluated = stop
+                bar.update(stop - start)
+                if correct + (n - evaluated) < need:
+                    break
+        if fresh:
+            self._store(res, split, logits, have)
+        return correct >= need, correct, evaluated
+
+    def load_model(self, state_dict: StateDict, name: str | None = None) -> nn.Module:
+        """Load ``state_dict`` strictly into the task's model (one instance, reused).
+
+        Raises:
+            TaskError: listing missing keys, unexpected keys and shape mismatches.
+
+        Example:
+            >>> model = ev.load_model(ingredient.state_dict(), name=ingredient.name)  # doctest: +SKIP
+        """
+        model = self._model if self._model is not None else self._build()
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        shapes = [
+            f"{k}: weights {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+        ]
+        if missing or unexpected or shapes:
+            who = f"{name!r}" if name else "the weights"
+            parts = [
+                f"{label} ({len(items)}): {_listing(items)}"
+                for label, items in [
+                    ("missing keys", missing),
+                    ("unexpected keys", unexpected),
+                    ("shape mismatches", shapes),
+                ]
+                if items
+            ]
+            raise TaskError(
+                f"{who} do not fit the model of task {self.task.name!r}:\n  " + "\n  ".join(parts)
+            )
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise TaskError(f"loading {name or 'weights'} into task {self.task.name!r}: {e}") from e
+        self.stats.model_loads += 1
+        return model.eval()
+
+    # ----------------------------------------------------------------- internals
+
+    def _build(self) -> nn.Module:
+        try:
+            model = self.task.build_model()
+        except Exception as e:
+            raise TaskError(
+                f"task {self.task.name!r}: build_model() raised {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(model, nn.Module):
+            raise TaskError(
+                f"task {self.task.name!r}: build_model() returned {type(model).__name__}, "
+                "not a torch.nn.Module"
+            )
+        self._model = model.to(self.device).eval()
+        return self._model
+
+    def _split(self, split: str) -> Split:
+        sp = self.task.split(split)
+        if len(sp) == 0:
+            raise TaskError(f"task {self.task.name!r}: split {split!r} is empty")
+        return sp
+
+    def _resolve(self, source: Source) -> _Resolved:
+        if isinstance(source, Ingredient):
+            return _Resolved(source.digest, source.name, source.state_dict)
+        if isinstance(source, Soup):
+            key = source.mixture.key(source.ingredients)
+            return _Resolved(key, f"{source.recipe} soup", source.state_dict)
+        if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], str):
+            key, value = source
+            name = _short(key)
+            if callable(value) and not isinstance(value, nn.Module):
+                return _Resolved(key, name, value)
+            return _Resolved(key, name, lambda: value)
+        if isinstance(source, Mapping):
+            return _Resolved(None, "state dict", lambda: source)
+        raise TaskError(
+            f"cannot evaluate a {type(source).__name__}: give an Ingredient, a Soup, "
+            "a (key, state_dict) pair or a state dict"
+        )
+
+    def _predictor(self, res: _Resolved) -> nn.Module:
+        value = res.make()
+        if isinstance(value, nn.Module):
+            return value.to(self.device).eval()
+        if not isinstance(value, Mapping):
+            raise TaskError(f"{res.name}: expected a state dict, got {type(value).__name__}")
+        return self.load_model(value, name=res.name)
+
+    def _cached(self, res: _Resolved, split: str, n: int):
+        if res.key is None:
+            return None
+        return self.cache.load(res.key, self.fingerprint(split), n)
+
+    def _store(
+        self, res: _Resolved, split: str, logits: torch.Tensor | None, have: torch.Tensor
+    ) -> None:
+        if res.key is not None and logits is not None:
+            self.cache.save(res.key, self.fingerprint(split), logits, have)
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, unit="ex", desc=desc, disable=not self.progress, leave=False)
+
+    def _forward(self, model: nn.Module, split: Split, idx: list[int], name: str) -> torch.Tensor:
+        examples = split.examples
+        try:
+            if self.task.collate is default_collate and isinstance(examples, torch.Tensor):
+                contiguous = idx[-1] - idx[0] + 1 == len(idx)
+                batch = (
+                    examples[idx[0] : idx[-1] + 1] if contiguous else examples[torch.tensor(idx)]
+                )
+            else:
+                batch = self.task.collate([examples[i] for i in idx])
+            batch = _to_device(batch, self.device)
+            with torch.inference_mode():
+                out = self.task.forward(model, batch)
+        except ModelSoupError:
+            raise
+        except Exception as e:
+            raise TaskError(
+                f"task {self.task.name!r}: running {name} on split {split.name!r} raised "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(idx):
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TaskError(
+                f"task {self.task.name!r}: forward must return logits [batch, classes]; "
+                f"got {shape} for a batch of {len(idx)} on split {split.name!r}"
+            )
+        self.stats.forward_examples += len(idx)
+        self.stats.forward_batches += 1
+        _check_width(out.shape[1], split, name)
+        return out.detach().float().cpu()
+
+
+def _place(
+    logits: torch.Tensor | None, have: torch.Tensor, idx: list[int], out: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write ``out`` into rows ``idx``; a cached width that disagrees is discarded."""
+    if logits is None or logits.shape[1] != out.shape[1]:
+        logits = torch.zeros(n, out.shape[1], dtype=torch.float32)
+        have = torch.zeros(n, dtype=torch.bool)
+    if idx[-1] - idx[0] + 1 == len(idx):  # contiguous rows: a slice, not a gather
+        logits[idx[0] : idx[-1] + 1] = out
+        have[idx[0] : idx[-1] + 1] = True
+    else:
+        logits[idx] = out
+        have[idx] = True
+    return logits, have
+
+
+def _check_width(classes: int, split: Split, name: str) -> None:
+    top = int(split.labels.max())
+    if top >= classes:
+        raise TaskError(
+            f"{name} on split {split.name!r}: label {top} is outside the model's {classes} "
+            f"classes (0..{classes - 1})"
+        )
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _short(key: str) -> str:
+    """A display name for a cache key: ``prefix:0123abcd`` for long ``prefix:hash`` keys."""
+    if len(key) <= 40:
+        return key
+    head, _, tail = key.rpartition(":")
+    return f"{head[:28]}:{tail[:8]}" if head else key[:12]
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f", ... (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
+
+
+# --------------------------------------------------------------------- evaluate many ingredients
+
+
+@dataclass
+class EvaluationTable:
+    """Every ingredient's metrics on every split (what ``modelsoup evaluate`` prints and writes).
+
+    Attributes:
+        task: the task's name.
+        splits: the evaluated splits, in order.
+        roles: split -> ``"heldout"``, ``"id_test"`` or ``"shift"`` (others: ``"other"``).
+        headline: split -> the headline metric's name.
+        rows: one dict per ingredient: ``name``, ``source``, ``digest``, ``metrics``
+            (split -> metrics) and ``shift_avg`` (mean headline score over the shift splits).
+    """
+
+    task: str
+    splits: list[str]
+    roles: dict[str, str]
+    headline: dict[str, str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "splits": {s: {"role": self.roles[s], "metric": self.headline[s]} for s in self.splits},
+            "ingredients": self.rows,
+        }
+
+    def to_csv(self) -> str:
+        """Long format: one line per (ingredient, split)."""
+        buf = io.StringIO()
+        cols = ["ingredient", "digest", "split", "role", "metric", "score", "accuracy",
+                "balanced_accuracy", "nll", "ece", "n"]  # fmt: skip
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(cols)
+        for row in self.rows:
+            for s in self.splits:
+                m = row["metrics"][s]
+                writer.writerow(
+                    [row["name"], row["digest"], s, self.roles[s], self.headline[s]]
+                    + [m[c] for c in ("score", "accuracy", "balanced_accuracy", "nll", "ece", "n")]
+                )
+        return buf.getvalue()
+
+    def display(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows for a terminal table: headline metric as a percentage."""
+        header = ["ingredient"]
+        for s in self.splits:
+            tag = {"heldout": " (held-out)", "id_test": " (ID)"}.get(self.roles[s], "")
+            metric = "" if self.headline[s] == "accuracy" else f" [{self.headline[s]}]"
+            header.append(f"{s}{tag}{metric}")
+        has_shifts = any(r == "shift" for r in self.roles.values())
+        if has_shifts:
+            header.append("shift avg")
+        rows = []
+        for row in self.rows:
+            cells = [row["name"]] + [f"{100 * row['metrics'][s]['score']:.2f}" for s in self.splits]
+            if has_shifts:
+                avg = row["shift_avg"]
+                cells.append("" if avg is None else f"{100 * avg:.2f}")
+            rows.append(cells)
+        return header, rows
+
+    def write(self, run_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write ``evaluation.json`` and ``evaluation.csv`` into ``run_dir`` (atomically)."""
+        paths = check_evaluation_output(run_dir, overwrite=overwrite)
+        atomic_write(paths[0], json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write(paths[1], self.to_csv())
+        return paths
+
+
+EVALUATION_FILES = ("evaluation.json", "evaluation.csv")
+
+
+def check_evaluation_output(run_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """The output paths in ``run_dir``; refuses existing ones unless ``overwrite``.
+
+    Example:
+        >>> check_evaluation_output("runs/new")  # doctest: +SKIP
+        [PosixPath('runs/new/evaluation.json'), PosixPath('runs/new/evaluation.csv')]
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a directory")
+    paths = [run_dir / f for f in EVALUATION_FILES]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{', '.join(existing)}: already exists (pass --overwrite to replace)")
+    return paths
+
+
+def evaluate_ingredients(
+    ingredients: Sequence[Ingredient],
+    evaluator: Evaluator,
+    splits: Sequence[str] | None = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> EvaluationTable:
+    """Evaluate every ingredient on every split (default: :attr:`Evaluator.default_splits`).
+
+    Example:
+        >>> table = evaluate_ingredients(load_ingredients(["trials/"]), Evaluator(task))  # doctest: +SKIP
+        >>> table.write("runs/demo")  # doctest: +SKIP
+    """
+    task = evaluator.task
+    names = list(evaluator.default_splits if splits is None else splits)
+    for s in names:
+        evaluator._split(s)  # unknown or empty splits fail before any work
+    roles = {s: _role(task, s) for s in names}
+    table = EvaluationTable(
+        task=task.name,
+        splits=names,
+        roles=roles,
+        headline={s: task.metric_for(s) for s in names},
+    )
+    shifts = [s for s in names if roles[s] == "shift"]
+    for ing in ingredients:
+        metrics = evaluator.evaluate(ing, names)
+        avg = sum(metrics[s]["score"] for s in shifts) / len(shifts) if shifts else None
+        table.rows.append(
+            {
+                "name": ing.name,
+                "source": str(ing.source),
+                "digest": ing.digest,
+                "metrics": metrics,
+                "shift_avg": avg,
+            }
+        )
+        if log_fn:
+            best = metrics[names[0]]["score"]
+            log_fn(f"{ing.name}: {names[0]} {100 * best:.2f}%")
+        ing.release()
+    return table
+
+
+def _role(task: Task, split: str) -> str:
+    if split == task.heldout:
+        return "heldout"
+    if split == task.id_test:
+        return "id_test"
+    if split in task.shifts:
+        return "shift"
+    return "other"
