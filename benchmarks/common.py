@@ -30,6 +30,10 @@ RESULTS = HERE / "results"
 PYTHON = sys.executable
 MODELSOUP = str(Path(PYTHON).with_name("modelsoup"))
 MB = 1e6
+#: torch intra-op threads in the throughput workers (both sides of every ratio alike). The
+#: machine is shared: a two-thread op waits for whichever thread the scheduler preempted, which
+#: makes two-thread timings swing by 5x under load. Override with MODELSOUP_BENCH_THREADS.
+THREADS = int(os.environ.get("MODELSOUP_BENCH_THREADS", "1"))
 GB = 1e9
 
 

@@ -54,7 +54,7 @@ def make_images(
     n: int,
     *,
     seed: int,
-    noise: float = 0.9,
+    noise: float = 1.3,
     contrast: float = 1.0,
     brightness: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +64,10 @@ def make_images(
     period = (3.0 + 2.0 * torch.rand(n, generator=g)).view(n, 1, 1)
     phase = (2 * math.pi * torch.rand(n, generator=g)).view(n, 1, 1)
     top, left = torch.randint(0, SIZE - 5, (2, n, 1, 1), generator=g)
+
+    def inside(coord: torch.Tensor, start: torch.Tensor) -> torch.Tensor:  # a 5-pixel span
+        return (coord >= start) & (coord < start + 5)
+
     rows = torch.arange(SIZE).view(1, SIZE, 1)
     cols = torch.arange(SIZE).view(1, 1, SIZE)
     patterns = torch.stack(
@@ -71,8 +75,7 @@ def make_images(
             torch.sin(2 * math.pi * rows / period + phase).expand(n, SIZE, SIZE),
             torch.sin(2 * math.pi * cols / period + phase).expand(n, SIZE, SIZE),
             torch.sin(2 * math.pi * (rows + cols) / (1.4 * period) + phase),
-            2.0 * ((rows - top).clamp(-1, 5) // 5 == 0) * ((cols - left).clamp(-1, 5) // 5 == 0)
-            - 1.0,
+            torch.where(inside(rows, top) & inside(cols, left), 1.0, -1.0),
         ],
         dim=1,
     )  # [n, class, 12, 12]
@@ -99,7 +102,7 @@ def make_task(seed: int = 0, n_train: int = 2000, n_eval: int = 500) -> Task:
         "train": split("train", n_train, 1),
         "heldout": split("heldout", n_eval, 2),
         "test": split("test", n_eval, 3),
-        "noisy": split("noisy", n_eval, 4, noise=1.5),
+        "noisy": split("noisy", n_eval, 4, noise=2.0),
         "faint": split("faint", n_eval, 5, contrast=0.5),
         "bright": split("bright", n_eval, 6, brightness=0.6),
     }
@@ -143,7 +146,7 @@ def train(
 
 
 def make_ingredients(
-    out: Path, models: int = 8, seed: int = 0, n_train: int = 2000, max_epochs: int = 3
+    out: Path, models: int = 8, seed: int = 0, n_train: int = 2000, max_epochs: int = 4
 ) -> list[Path]:
     """Pre-train a shared init briefly, then fine-tune ``models`` copies with random learning
     rates, epochs and seeds; write ``trial_XXX.safetensors`` plus a ``.json`` sidecar each."""
@@ -151,14 +154,14 @@ def make_ingredients(
 
     task = make_task(seed=seed, n_train=n_train, n_eval=1)
     torch.manual_seed(seed)
-    init = train(TinyCNN(), task.splits["train"], lr=0.02, epochs=1, seed=seed)
+    init = train(TinyCNN(), task.splits["train"], lr=0.02, epochs=4, seed=seed)
     init_state = {k: v.clone() for k, v in init.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     rng = torch.Generator().manual_seed(seed + 1)
     paths = []
     for i in range(models):
-        lr = 10 ** (-2.0 + 0.7 * float(torch.rand((), generator=rng)))
-        epochs = int(torch.randint(min(2, max_epochs), max_epochs + 1, (), generator=rng))
+        lr = 10 ** (-1.7 + 0.5 * float(torch.rand((), generator=rng)))
+        epochs = int(torch.randint(min(3, max_epochs), max_epochs + 1, (), generator=rng))
         model = TinyCNN()
         model.load_state_dict(init_state)
         train(model, task.splits["train"], lr=lr, epochs=epochs, seed=seed * 100 + i)
@@ -176,6 +179,7 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path, help="directory for trial_XXX.safetensors")
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=4)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny models train faster on one thread
     make_ingredients(args.out, models=args.models, seed=args.seed, max_epochs=args.max_epochs)

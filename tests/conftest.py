@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modelsoup.tasks.toy import ToyMLP
+from factories import toy_state_dicts  # noqa: F401  (re-exported for old imports)
 
 
 @pytest.fixture(autouse=True)
@@ -19,21 +19,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("MODELSOUP_CACHE_DIR", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
-
-
-def toy_state_dicts(k: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """``k`` random ToyMLP state dicts (distinct values, integer BatchNorm buffers included)."""
-    out = []
-    for i in range(k):
-        torch.manual_seed(seed * 1000 + i)
-        model = ToyMLP()
-        sd = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        for name, t in sd.items():
-            if t.is_floating_point():
-                t.copy_(torch.randn_like(t))
-        sd["norm.num_batches_tracked"] = torch.tensor(10 * (i + 1))
-        out.append(sd)
-    return out
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_state_dicts
+from factories import toy_state_dicts
 from safetensors.torch import save_file
 
 from modelsoup.cli.main import main

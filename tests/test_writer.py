@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_state_dicts
+from factories import toy_state_dicts
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

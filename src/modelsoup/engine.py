@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -111,8 +112,10 @@ def mix(
         if info.is_float:
             # fp64 tensors keep an fp64 accumulator: never accumulate below the inputs' precision
             acc_dtype = torch.float64 if info.dtype == "F64" else accumulate
-            tensor = _weighted_sum(ingredients, name, weights, acc_dtype)
-            if not allow_nonfinite and not _all_finite(tensor):
+            with _one_thread():
+                tensor = _weighted_sum(ingredients, name, weights, acc_dtype)
+                finite = allow_nonfinite or _all_finite(tensor)
+            if not finite:
                 raise NonFiniteError(_nonfinite_message(ingredients, name))
             yield name, tensor.to(to_torch(info.dtype))
         else:
@@ -144,6 +147,26 @@ def _check_per_tensor(mixture: Mixture, infos: Mapping[str, object], k: int) -> 
                 f"the mixture has {len(weights)} weights for tensor {name!r}, "
                 f"and there are {k} ingredients"
             )
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Accumulate on one intra-op thread (restored before the tensor is yielded).
+
+    Summing is memory-bound: one core streams it about as fast as two, and leaves the other to
+    the writer (hashing, disk) and digest threads. Under load it is also far faster, since a
+    two-thread op waits for whichever of its threads the scheduler has preempted (measured in
+    docs/benchmarks.md).
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _PROMOTED = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 
 from modelsoup.engine import Mixture, mix
 from modelsoup.ingredients import Ingredient
-from modelsoup.ingredients.ingredient import compute_digests
+from modelsoup.ingredients.ingredient import prefetch_digests
 from modelsoup.ingredients.writer import DEFAULT_MAX_SHARD, check_output, write_soup
 
 
@@ -102,29 +101,25 @@ class Soup:
         if "trajectory" in self.info:
             extra["trajectory.json"] = json.dumps(self.info["trajectory"], indent=2) + "\n"
         # The manifest records the inputs' digests: hash them in the background while the soup
-        # is mixed and written (a no-op when they are known or cached on disk).
-        pool = ThreadPoolExecutor(1, thread_name_prefix="modelsoup-digests")
-        digests = pool.submit(compute_digests, self.ingredients)
+        # is mixed and written (no work when they are known or cached on disk).
+        digests = prefetch_digests(self.ingredients)
 
         def manifest() -> dict[str, Any]:
-            digests.result()
+            digests()
             return self.manifest()
 
-        try:
-            return write_soup(
-                out,
-                self.tensors(),
-                self.ingredients[0].tensor_infos,
-                manifest=manifest,
-                card=render_card,
-                copy_from=hf,
-                extra_files=extra,
-                max_shard_size=max_shard_size,
-                overwrite=overwrite,
-                progress=progress,
-            )
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        return write_soup(
+            out,
+            self.tensors(),
+            self.ingredients[0].tensor_infos,
+            manifest=manifest,
+            card=render_card,
+            copy_from=hf,
+            extra_files=extra,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
 
 
 def render_card(manifest: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelsoup.analysis import AnalysisOptions, analyze, load_run
-from modelsoup.analysis.run import FIGURES, resolve_task
+from modelsoup.analysis.run import FIGURES, _check_results_task, resolve_task
 from modelsoup.cli.main import main
 from modelsoup.errors import AnalysisError, RunDirError, TaskError
 
@@ -78,6 +78,16 @@ def test_the_task_comes_from_the_run(run_copy: Path) -> None:
         resolve_task(run, None)
     (run_copy / "results.json").write_text(json.dumps({"metadata": {"task_ref": "toy"}}))
     assert resolve_task(load_run(run_copy), None).name == "toy"
+    # the task's arguments, when compare's caller recorded them
+    meta = {"task_ref": "toy", "task_kwargs": {"n_eval": 100}}
+    results = {"metadata": meta, "task": {"name": "toy", "n": {"test": 400, "heldout": 400}}}
+    (run_copy / "results.json").write_text(json.dumps(results))
+    run = load_run(run_copy)
+    task = resolve_task(run, None)
+    assert len(task.split("test")) == 100
+    (note,) = _check_results_task(run, task)
+    assert "test: 400 there, 100 here" in note and "heldout: 400 there, 100 here" in note
+    assert _check_results_task(run, resolve_task(run, "toy")) == []
 
 
 def test_refusals(run_copy: Path, tmp_path: Path, capsys) -> None:

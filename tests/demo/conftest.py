@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +29,12 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -
     transformers = pytest.importorskip("transformers")
     out = tmp_path_factory.mktemp("tiny_bert")
     config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(out)

@@ -92,7 +92,9 @@ def test_typos_change_the_expected_fraction_of_words() -> None:
 
 
 def test_typo_set_mixes_severities_in_equal_parts() -> None:
-    base = TextSet("t", tuple(["the quick brown fox jumps over the lazy dog " * 5] * 300), (1,) * 300)
+    base = TextSet(
+        "t", tuple(["the quick brown fox jumps over the lazy dog " * 5] * 300), (1,) * 300
+    )
     noisy = typo_set(base, (0.0, 0.5, 1.0), seed=0)
     assert noisy.labels == base.labels
     rates = []

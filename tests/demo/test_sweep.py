@@ -37,7 +37,9 @@ def toy_task():
 
 
 def _files(run: Path) -> dict[str, bytes]:
-    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()
+    }
 
 
 def test_sweep_writes_init_trials_and_sidecars(toy_task, tmp_path: Path) -> None:
@@ -45,9 +47,13 @@ def test_sweep_writes_init_trials_and_sidecars(toy_task, tmp_path: Path) -> None
     run = tmp_path / "run"
     assert result.trained == [0, 1]
     assert sorted(_files(run)) == [
-        "init.json", "init.safetensors", "sweep.json",
-        "trials/trial_000.json", "trials/trial_000.safetensors",
-        "trials/trial_001.json", "trials/trial_001.safetensors",
+        "init.json",
+        "init.safetensors",
+        "sweep.json",
+        "trials/trial_000.json",
+        "trials/trial_000.safetensors",
+        "trials/trial_001.json",
+        "trials/trial_001.safetensors",
     ]
     init_meta = json.loads((run / "init.json").read_text())
     assert init_meta["kind"] == "init" and init_meta["linear_probe"]["head"] == "head"
@@ -103,7 +109,9 @@ def test_rerun_skips_finished_trials_and_recreates_a_removed_one(toy_task, tmp_p
     now = (run / "trials/trial_000.safetensors").stat()
     assert (now.st_ino, now.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # untouched
     # Nothing left to do: a rerun trains nothing.
-    assert run_sweep(toy_task, run, TOY.model_copy(update={"trials": 3}), progress=False).trained == []
+    assert (
+        run_sweep(toy_task, run, TOY.model_copy(update={"trials": 3}), progress=False).trained == []
+    )
 
 
 def test_more_trials_extend_a_sweep_and_runs_are_deterministic(toy_task, tmp_path: Path) -> None:
@@ -181,16 +189,21 @@ def test_find_head_and_freeze(toy_task) -> None:
     assert torch.equal(state["embed.weight"], init["embed.weight"])
     assert not torch.equal(state["block.weight"], init["block.weight"])
     with pytest.raises(SweepError, match="no parameter name matches"):
-        train_trial(toy_task, init, TOY.model_copy(update={"freeze": ("nothing",)}),
-                    plan_trial(TOY, 0, 256))
+        train_trial(
+            toy_task, init, TOY.model_copy(update={"freeze": ("nothing",)}), plan_trial(TOY, 0, 256)
+        )
 
 
 @pytest.mark.parametrize("augmentation", AUGMENTATIONS)
 def test_every_augmentation_trains_the_toy_model(toy_task, augmentation: str) -> None:
     init, _ = make_init(toy_task, TOY)
     plan = plan_trial(TOY, 0, 256)
-    plan["hparams"] = {**plan["hparams"], "augmentation": augmentation,
-                       "token_dropout": 0.1, "mixup_alpha": 0.3}
+    plan["hparams"] = {
+        **plan["hparams"],
+        "augmentation": augmentation,
+        "token_dropout": 0.1,
+        "mixup_alpha": 0.3,
+    }
     a, rec = train_trial(toy_task, init, TOY, plan)
     b, _ = train_trial(toy_task, init, TOY, plan)
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded
@@ -201,8 +214,13 @@ def test_text_sweep_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> None:
     texts = ["a fine and lovely film", "dull, slow and awful", "great fun", "a tedious mess"] * 16
     labels = [1, 0, 1, 0] * 16
     task = text_task_from_texts(
-        "tiny", tiny_bert_dir,
-        {"train": (texts, labels), "heldout": (texts[:16], labels[:16]), "test": (texts[:8], labels[:8])},
+        "tiny",
+        tiny_bert_dir,
+        {
+            "train": (texts, labels),
+            "heldout": (texts[:16], labels[:16]),
+            "test": (texts[:8], labels[:8]),
+        },
     )
     opts = SweepOptions(trials=3, max_steps=3, batch_size=8, freeze=("word_embeddings",))
     result = run_sweep(task, tmp_path / "run", opts, progress=False)
@@ -213,24 +231,44 @@ def test_text_sweep_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> None:
         kinds.append(meta["hparams"]["augmentation"])
         state = load_file(path)
         assert meta["frozen_parameters"] == ["encoder.embeddings.word_embeddings.weight"]
-        assert torch.equal(state["encoder.embeddings.word_embeddings.weight"],
-                           init["encoder.embeddings.word_embeddings.weight"])
-        assert not torch.equal(state["encoder.encoder.layer.0.attention.self.query.weight"],
-                               init["encoder.encoder.layer.0.attention.self.query.weight"])
+        assert torch.equal(
+            state["encoder.embeddings.word_embeddings.weight"],
+            init["encoder.embeddings.word_embeddings.weight"],
+        )
+        assert not torch.equal(
+            state["encoder.encoder.layer.0.attention.self.query.weight"],
+            init["encoder.encoder.layer.0.attention.self.query.weight"],
+        )
     assert kinds == [sample_hparams(opts, i)["augmentation"] for i in range(3)]
     # Token dropout and mixup on embeddings run on dict batches.
     for augmentation in ("token_dropout", "mixup"):
         plan = plan_trial(opts, 0, len(texts))
-        plan["hparams"] = {**plan["hparams"], "augmentation": augmentation,
-                           "token_dropout": 0.2, "mixup_alpha": 0.4}
+        plan["hparams"] = {
+            **plan["hparams"],
+            "augmentation": augmentation,
+            "token_dropout": 0.2,
+            "mixup_alpha": 0.4,
+        }
         state, record = train_trial(task, init, opts, plan)
         assert torch.isfinite(torch.tensor(record["final_loss"]))
 
 
 def test_cli_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    args = ["-q", "sweep", "--task", "toy", "--trials", "2", "--max-steps", "3", "--lr", "1e-3,1e-2",
-            "-o", str(run)]
+    args = [
+        "-q",
+        "sweep",
+        "--task",
+        "toy",
+        "--trials",
+        "2",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-3,1e-2",
+        "-o",
+        str(run),
+    ]
     assert main(args) == 0
     assert "2 trained now, 0 reused" in capsys.readouterr().out
     assert main(args) == 0

@@ -71,20 +71,26 @@ def test_make_text_task_from_csv_and_jsonl(tiny_bert_dir: Path, tmp_path: Path) 
     (tmp_path / "train.csv").write_text('text,label\n"good, really",pos\nbad,neg\nok,pos\n')
     (tmp_path / "val.tsv").write_text("text\tlabel\nfine\tpos\nworse\tneg\n")
     (tmp_path / "test.jsonl").write_text(
-        "\n".join(json.dumps({"text": t, "label": lab}) for t, lab in [("nice", "pos"), ("no", "neg")])
+        "\n".join(
+            json.dumps({"text": t, "label": lab}) for t, lab in [("nice", "pos"), ("no", "neg")]
+        )
     )
     task = make_text_task(
         tiny_bert_dir,
-        {"train": tmp_path / "train.csv", "heldout": tmp_path / "val.tsv",
-         "test": tmp_path / "test.jsonl"},
+        {
+            "train": tmp_path / "train.csv",
+            "heldout": tmp_path / "val.tsv",
+            "test": tmp_path / "test.jsonl",
+        },
         label_names=("neg", "pos"),
     )
     assert task.split("train").labels.tolist() == [1, 0, 1]
     assert sorted(task.split("test").labels.tolist()) == [0, 1]
     # Integer labels need no names.
     (tmp_path / "ints.csv").write_text("text,label\na,0\nb,2\n")
-    t2 = make_text_task(tiny_bert_dir, {"heldout": tmp_path / "ints.csv", "test": tmp_path / "ints.csv"},
-                        train=None)
+    t2 = make_text_task(
+        tiny_bert_dir, {"heldout": tmp_path / "ints.csv", "test": tmp_path / "ints.csv"}, train=None
+    )
     assert t2.num_classes == 3
 
 

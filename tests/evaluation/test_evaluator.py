@@ -352,3 +352,67 @@ def test_evaluate_ingredients_table(task, ings, tmp_path) -> None:
     lines = written[1].read_text().splitlines()
     assert len(lines) == 1 + 3 * 5
     assert lines[0].startswith("ingredient,digest,split,role,metric,score,accuracy")
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_evaluate_command(ings, tmp_path, capsys) -> None:
+    from modelsoup.cli.main import main
+
+    run = tmp_path / "run"
+    argv = ["-q", "evaluate", *(str(i.source) for i in ings), "--task", "toy", "-o", str(run)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    data = json.loads((run / "evaluation.json").read_text())
+    assert [r["name"] for r in data["ingredients"]] == ["m0", "m1", "m2"]
+    assert list(data["splits"]) == ["heldout", "test", "noisy", "shifted", "scaled"]
+    m1 = data["ingredients"][1]
+    line = next(li for li in out.splitlines() if li.startswith("m1 "))
+    cells = line.split()
+    assert cells[1] == f"{100 * m1['metrics']['heldout']['accuracy']:.2f}"
+    assert cells[-1] == f"{100 * m1['shift_avg']:.2f}"
+    csv_before = (run / "evaluation.csv").read_text()
+
+    assert main(argv) == 1  # refuses to overwrite, before any work
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--batch-size", "7"]) == 0
+    assert (run / "evaluation.csv").read_text() == csv_before  # same numbers at any batch size
+
+
+def test_evaluate_command_bad_inputs_write_nothing(ings, tmp_path, capsys) -> None:
+    from modelsoup.cli.main import main
+
+    run = tmp_path / "run"
+    paths = [str(i.source) for i in ings]
+    assert main(["-q", "evaluate", *paths, "--task", "nope.py:make_task", "-o", str(run)]) == 1
+    assert "nope.py does not exist" in capsys.readouterr().err
+    bad = dict(toy_weights(1)[0])
+    bad["head.weight"] = torch.zeros(5, 32)
+    bad_path = save(tmp_path / "bad", [bad])[0]
+    assert main(["-q", "evaluate", *paths, str(bad_path), "--task", "toy", "-o", str(run)]) == 1
+    assert "head.weight: weights (5, 32) vs model (4, 32)" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_tasks_command(capsys) -> None:
+    from modelsoup.cli.main import main
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "toy" in out and "modelsoup.tasks.toy:make_task" in out
+
+
+def test_a_model_change_without_a_version_bump_is_caught(tmp_path) -> None:
+    base = make_task(n_train=8, n_eval=N)
+
+    def task(classes: int) -> Task:
+        return Task(name="toy", build_model=lambda: ToyMLP(classes=classes), splits=base.splits,
+                    heldout="heldout", id_test="test", shifts=(), num_classes=4, batch_size=16)  # fmt: skip
+
+    four = ToyMLP(classes=4).state_dict()
+    five = ToyMLP(classes=5).state_dict()
+    ev = evaluator(task(4), tmp_path / "cache")
+    ev.count_correct(("same-key", four), "test", need=N + 1)  # caches the first 16 rows
+    with pytest.raises(TaskError, match=r"cached logits have 4 classes .*bump Task.version"):
+        evaluator(task(5), tmp_path / "cache").logits(("same-key", five), "test")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_state_dicts
+from factories import toy_state_dicts
 from safetensors.torch import save_file
 
 from modelsoup.errors import IngredientError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_state_dicts
+from factories import toy_state_dicts
 from hostile_helpers import assert_refused, run_cli
 from safetensors.torch import save_file
 

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import toy_state_dicts
+from factories import toy_state_dicts
 from hostile_helpers import assert_refused, run_cli, snapshot
 from safetensors.torch import load_file, save_file
 

@@ -67,7 +67,7 @@ def fit_temperature(
     labels: torch.Tensor,
     *,
     bounds: tuple[float, float] = BETA_BOUNDS,
-    iterations: int = 100,
+    iterations: int = 60,
 ) -> float:
     """The inverse temperature ``beta > 0`` minimising the mean cross-entropy of ``beta * logits``.
 

@@ -114,6 +114,7 @@ def evaluate_plane(
     margin: float = MARGIN,
     loss_split: str | None = None,
     error_split: str | None = None,
+    plane: Plane | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PlaneResult:
     """Training loss and test error on a grid over the plane through ``init``, ``a``, ``b``.
@@ -127,6 +128,7 @@ def evaluate_plane(
         margin: extra room around the models, as a fraction of their extent.
         loss_split: default: the task's training split, else the held-out split.
         error_split: default: the ID test split.
+        plane: the plane if its Gram entries are known (else one streaming pass computes them).
         progress: called with ``(done, total)`` after each grid point.
 
     Example:
@@ -137,7 +139,7 @@ def evaluate_plane(
     task = evaluator.task
     loss_split = loss_split or task.train or task.heldout
     error_split = error_split or task.id_test
-    plane = Plane.from_ingredients(init, a, b)
+    plane = plane or Plane.from_ingredients(init, a, b)
     xs, ys = grid(plane, resolution, margin)
     models = [init, a, b]
     result = PlaneResult((init.name, a.name, b.name), plane, xs, ys, loss_split, error_split)
@@ -225,14 +227,14 @@ def plot_plane(result: PlaneResult, path: Path) -> Path:
     X, Y = np.meshgrid(result.xs, result.ys)
     panels = (
         (np.array(result.loss), f"training loss ({result.loss_split})", "loss", "viridis"),
-        (np.array(result.error), f"test error ({result.error_split})", "error", "magma"),
+        (np.array(result.error), f"test error ({result.error_split})", "error", "viridis"),
     )
     for ax, (Z, title, key, cmap) in zip(axes, panels):
         levels = contour_levels(Z)
         shown = np.ma.masked_invalid(np.clip(Z, None, levels[-1]))
         cs = ax.contourf(X, Y, shown, levels=levels, cmap=cmap, extend="max")
         ax.contour(X, Y, shown, levels=levels, colors="k", linewidths=0.3)
-        fig.colorbar(cs, ax=ax, shrink=0.85)
+        fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04)
         for i, name in enumerate(result.names):
             m = result.models[name]
             ax.scatter([m["x"]], [m["y"]], marker="o" if i == 0 else "^", s=60, c="white",
@@ -244,7 +246,7 @@ def plot_plane(result: PlaneResult, path: Path) -> Path:
             )  # fmt: skip
         if key == "error":
             ax.scatter([result.best["x"]], [result.best["y"]], marker="*", s=140, c="cyan",
-                       edgecolors="black", zorder=4, label="lowest error on the grid")  # fmt: skip
+                       edgecolors="black", zorder=4, clip_on=False, label="lowest error on the grid")  # fmt: skip
             ax.legend(fontsize="x-small", loc="lower right")
         ax.set_title(title)
         ax.set_xlabel("e1 (distance in weight space)")

@@ -315,6 +315,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
            if cost else ""),
         "",
     ]  # fmt: skip
+    for note in doc.get("notes") or []:
+        lines += [f"> Note: {note}.", ""]
     for data_key, fig_key, title, paragraph in SECTIONS:
         lines += [f"## {title}", ""]
         skipped = _skipped(doc, data_key)

@@ -166,8 +166,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def resolve_task(run: Run, task: Task | str | None) -> Task:
-    """The task: given, else the ``task_ref`` that ``compare`` recorded, else the sweep's task
-    if it is a built-in one.
+    """The task: given, else the ``task_ref`` (and ``task_kwargs``, if any) recorded in
+    ``results.json``'s metadata, else the sweep's task if it is a built-in one.
 
     Example:
         >>> resolve_task(load_run("runs/toy"), "toy").name  # doctest: +SKIP
@@ -179,9 +179,11 @@ def resolve_task(run: Run, task: Task | str | None) -> Task:
         return task
     if task:
         return load_task(task)
-    ref = ((run.results or {}).get("metadata") or {}).get("task_ref")
+    meta = (run.results or {}).get("metadata") or {}
+    ref = meta.get("task_ref")
     if ref:
-        return load_task(ref)
+        kwargs = meta.get("task_kwargs") or {}
+        return load_task(ref, **(kwargs if isinstance(kwargs, dict) else {}))
     name = (run.sweep or {}).get("task")
     if name and name in builtin_tasks():
         return load_task(name)
@@ -267,6 +269,9 @@ def analyze(
     say("measuring the deltas from the init (angles)")
     gram = delta_gram(run.init, run.models)
 
+    notes = _check_results_task(run, t)
+    for note in notes:
+        say(f"note: {note}")
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "run_dir": str(run.path),
@@ -289,6 +294,7 @@ def analyze(
                 m.name: math.sqrt(max(0.0, float(gram[i, i]))) for i, m in enumerate(run.models)
             },
         },
+        "notes": notes,
         "figures": {},
         "skipped": {},
         "seconds": {},
@@ -313,6 +319,7 @@ def analyze(
         return [c.to_json() for c in curves]
 
     def plane() -> dict[str, Any]:
+        from modelsoup.analysis.geometry import Plane
         from modelsoup.analysis.plane import evaluate_plane, plot_plane
         from modelsoup.analysis.sources import subsample
 
@@ -320,13 +327,13 @@ def analyze(
         if small is not evaluator:
             evaluators.append(small)
         say(f"plane: {options.resolution} x {options.resolution} grid")
+        i, j = run.models.index(best), run.models.index(second)
+        known = Plane(float(gram[i, i]), float(gram[i, j]), float(gram[j, j]))
         res = evaluate_plane(small, run.init, best, second, resolution=options.resolution,
-                             margin=options.margin)  # fmt: skip
+                             margin=options.margin, plane=known)  # fmt: skip
         doc["figures"]["plane"] = plot_plane(res, out / FIGURES["plane"]).name
         return {**res.to_json(), "examples": {s: len(small.task.split(s)) for s in
                                               (res.loss_split, res.error_split)}}  # fmt: skip
-
-    pair_results: list[Any] = []
 
     def pairs_section() -> dict[str, Any]:
         from modelsoup.analysis.pairs import (
@@ -338,7 +345,6 @@ def analyze(
 
         say(f"pairs: {len(pair_index)} two-model soups")
         found = analyze_pairs(evaluator, run.init, run.models, pair_index, gram=gram)
-        pair_results.extend(found)
         doc["figures"]["angle"] = plot_angle_advantage(found, out / FIGURES["angle"]).name
         doc["figures"]["soup_vs_ensemble"] = plot_soup_vs_ensemble(
             found, out / FIGURES["soup_vs_ensemble"]
@@ -427,6 +433,25 @@ def analyze(
     safe = _write(out, doc)
     say(f"wrote {out / 'analysis.md'}")
     return safe
+
+
+def _check_results_task(run: Run, task: Task) -> list[str]:
+    """Notes when results.json was made with another task or other split sizes."""
+    recorded = (run.results or {}).get("task") or {}
+    notes = []
+    if recorded.get("name") and recorded["name"] != task.name:
+        notes.append(
+            f"results.json was made with task {recorded['name']!r}, the analyses use {task.name!r}"
+        )
+    sizes = recorded.get("n") or {}
+    differ = [s for s, n in sizes.items() if s in task.splits and len(task.split(s)) != n]
+    if differ:
+        notes.append(
+            "results.json was made on splits of other sizes ("
+            + ", ".join(f"{s}: {sizes[s]} there, {len(task.split(s))} here" for s in differ)
+            + "); pass the task compare used"
+        )
+    return notes
 
 
 def _write(out: Path, doc: dict[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,7 @@ def cook_to_disk(
     from tqdm import tqdm
 
     from modelsoup.ingredients import load_ingredients
+    from modelsoup.ingredients.ingredient import prefetch_digests
     from modelsoup.ingredients.writer import check_output, parse_size
     from modelsoup.recipes import cook
 
@@ -134,6 +135,7 @@ def cook_to_disk(
         overwrite=overwrite,
     )
     shard = parse_size(max_shard_size)
+    prefetch_digests(ingredients)  # the manifest needs them: hash while the recipe works
     evaluator = None
     if task_ref:
         from modelsoup.evaluation.evaluator import Evaluator

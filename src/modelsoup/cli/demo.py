@@ -13,26 +13,66 @@ from modelsoup.cli.options import device_option, quiet
 
 
 @click.command("demo")
-@click.option("-o", "--out", "run_dir", type=click.Path(), default=None, metavar="RUN_DIR",
-              help="Run directory [default: runs/demo, or runs/demo-quick with --quick].")
-@click.option("--trials", type=click.IntRange(min=2), default=None,
-              help="Fine-tuning runs [default: 8, or 4 with --quick; 24 for a stronger result].")
-@click.option("--quick", is_flag=True, help="4 short runs and smaller evaluation sets (under 5 minutes).")
-@click.option("--seed", default=0, show_default=True, help="Seeds the sweep, the data samples and the statistics.")
-@click.option("--model-dir", type=click.Path(exists=True, file_okay=False), default=None, hidden=True,
-              help="Another encoder directory (tests use a tiny BERT).")
-@click.option("--preset", type=click.Choice(["default", "quick", "smoke"]), default=None, hidden=True)
+@click.option(
+    "-o",
+    "--out",
+    "run_dir",
+    type=click.Path(),
+    default=None,
+    metavar="RUN_DIR",
+    help="Run directory [default: runs/demo, or runs/demo-quick with --quick].",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Fine-tuning runs [default: 8, or 4 with --quick; 24 for a stronger result].",
+)
+@click.option(
+    "--quick", is_flag=True, help="4 short runs and smaller evaluation sets (under 5 minutes)."
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seeds the sweep, the data samples and the statistics.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    hidden=True,
+    help="Another encoder directory (tests use a tiny BERT).",
+)
+@click.option(
+    "--preset", type=click.Choice(["default", "quick", "smoke"]), default=None, hidden=True
+)
 @device_option
-def command(run_dir: str | None, trials: int | None, quick: bool, seed: int,
-            model_dir: str | None, preset: str | None, device: str) -> None:
+def command(
+    run_dir: str | None,
+    trials: int | None,
+    quick: bool,
+    seed: int,
+    model_dir: str | None,
+    preset: str | None,
+    device: str,
+) -> None:
     """Run the built-in offline demo: sweep, soups, baselines, report."""
     from modelsoup.demo.run import run_demo, summary_lines
     from modelsoup.evaluation.report import format_table
 
     silent = quiet(click.get_current_context())
     say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
-    result = run_demo(run_dir, preset=preset or ("quick" if quick else "default"), trials=trials,
-                      seed=seed, model_dir=model_dir, device=device, progress=not silent, log=say)
+    result = run_demo(
+        run_dir,
+        preset=preset or ("quick" if quick else "default"),
+        trials=trials,
+        seed=seed,
+        model_dir=model_dir,
+        device=device,
+        progress=not silent,
+        log=say,
+    )
     click.echo(format_table(result.comparison, ci=True))
     click.echo("")
     for line in summary_lines(result.comparison, result.timings):

@@ -29,7 +29,8 @@ def run(task_ref: str, run_dir: str, quick: bool, **flags: Any) -> None:
 
     ctx = click.get_current_context()
     given = {
-        k: v for k, v in flags.items()
+        k: v
+        for k, v in flags.items()
         if v is not None and ctx.get_parameter_source(k) != ParameterSource.DEFAULT
     }
     values = {**(QUICK if quick else {}), **given}
@@ -44,9 +45,16 @@ def run(task_ref: str, run_dir: str, quick: bool, **flags: Any) -> None:
 
 
 run = model_option_flags(SweepOptions, run)
-run = click.option("--quick", is_flag=True, help="Half-length runs and a smaller linear probe.")(run)
+run = click.option("--quick", is_flag=True, help="Half-length runs and a smaller linear probe.")(
+    run
+)
 run = click.option(
-    "-o", "--out", "run_dir", required=True, type=click.Path(), metavar="RUN_DIR",
+    "-o",
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(),
+    metavar="RUN_DIR",
     help="Run directory (created; reused to resume).",
 )(run)
 run = task_option()(run)

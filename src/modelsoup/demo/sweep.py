@@ -85,9 +85,7 @@ class SweepOptions(BaseModel):
     trials: int = Field(8, ge=0, description="Number of fine-tuning runs.")
     seed: int = Field(0, description="Seed of the init's head, every draw and every run.")
     batch_size: int = Field(32, ge=1, description="Training batch size.")
-    lr: tuple[float, ...] = Field(
-        (3e-5, 2.5e-4), description="Learning-rate range (log-uniform)."
-    )
+    lr: tuple[float, ...] = Field((3e-5, 2.5e-4), description="Learning-rate range (log-uniform).")
     weight_decay: tuple[float, ...] = Field(
         (1e-4, 0.1), description="AdamW weight-decay range (log-uniform; matrices only)."
     )
@@ -130,7 +128,7 @@ class SweepOptions(BaseModel):
             raise ValueError(f"{info.field_name}: give LOW,HIGH with LOW <= HIGH, got {value}")
         if info.field_name in ("lr", "weight_decay", "mixup_alpha") and value[0] <= 0:
             raise ValueError(f"{info.field_name}: the range must be positive, got {value}")
-        if info.field_name == "token_dropout" and not (0 <= value[0] and value[1] < 1):
+        if info.field_name == "token_dropout" and not (value[0] >= 0 and value[1] < 1):
             raise ValueError(f"token_dropout: probabilities must lie in [0, 1), got {value}")
         if info.field_name == "epochs" and value[0] <= 0:
             raise ValueError(f"epochs: must be positive, got {value}")
@@ -255,7 +253,9 @@ def run_sweep(
         _save(init_path, init_state, {"kind": "init", **info}, identity["key"])
     init_digest = _sidecar(init_path)["sha256"]
 
-    trial_paths = [run_dir / TRIALS_DIR / f"trial_{i:03d}.safetensors" for i in range(options.trials)]
+    trial_paths = [
+        run_dir / TRIALS_DIR / f"trial_{i:03d}.safetensors" for i in range(options.trials)
+    ]
     todo = [i for i, p in enumerate(trial_paths) if not _finished(p, identity["key"])]
     if len(todo) < len(trial_paths):
         say(f"reusing {len(trial_paths) - len(todo)} finished trial(s)")
@@ -313,7 +313,8 @@ def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tu
             raise SweepError(f"the head {name!r} is a {type(module).__name__}, not an nn.Linear")
         return name, module
     found = [
-        (n, m) for n, m in model.named_modules()
+        (n, m)
+        for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and m.out_features == num_classes
     ]
     if not found:
@@ -363,8 +364,9 @@ def _logistic_regression(
     x, y = x.double(), y.long()
     w = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=1e-9,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1, max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -427,20 +429,25 @@ def train_trial(
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": hp["weight_decay"]},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": hp["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=hp["lr"],
     )
     steps = plan["steps"]
     warm = max(1, round(options.warmup * steps)) if options.warmup > 0 else 0
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm))
+        optimizer,
+        lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)),
     )
     train = task.split(task.train or "")
     curve: list[dict[str, float]] = []
     window: list[float] = []
     model.train()
-    for step, idx in enumerate(batch_indices(train.examples, options.batch_size, steps, hp["data_seed"])):
+    for step, idx in enumerate(
+        batch_indices(train.examples, options.batch_size, steps, hp["data_seed"])
+    ):
         batch = task.collate([train.examples[i] for i in idx])
         labels = train.labels[idx]
         with _augmented(model, batch, labels, hp, gen, aug_rng) as (batch, targets):
@@ -555,7 +562,9 @@ def _augmented(
             )
         batch = dict(batch)
         if "attention_mask" in batch:
-            batch["attention_mask"] = torch.maximum(batch["attention_mask"], batch["attention_mask"][perm])
+            batch["attention_mask"] = torch.maximum(
+                batch["attention_mask"], batch["attention_mask"][perm]
+            )
         handle = embed.register_forward_hook(lambda m, i, out: lam * out + (1.0 - lam) * out[perm])
         try:
             yield batch, targets

@@ -56,7 +56,11 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str = "mean",
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        num_labels: int,
+        pooling: str = "mean",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -190,7 +194,9 @@ def text_task_from_texts(
     if not (model_dir / "config.json").is_file():
         raise TaskError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
     if num_labels is None:
-        num_labels = 1 + max((max(labels) for _, labels in splits.values() if len(labels)), default=1)
+        num_labels = 1 + max(
+            (max(labels) for _, labels in splits.values() if len(labels)), default=1
+        )
     tok = Tokenized(model_dir, max_length)
     built: dict[str, Split] = {}
     for split_name, (texts, labels) in splits.items():
@@ -263,9 +269,7 @@ def make_text_task(
                 labels.append(int(label))
             else:
                 if str(label) not in mapping:
-                    raise TaskError(
-                        f"{where}: label {label!r} is not one of {', '.join(mapping)}"
-                    )
+                    raise TaskError(f"{where}: label {label!r} is not one of {', '.join(mapping)}")
                 labels.append(mapping[str(label)])
             texts.append(text)
         splits[split] = (texts, labels)

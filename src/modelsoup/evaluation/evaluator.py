@@ -165,7 +165,7 @@ class Evaluator:
                 for start in range(0, len(missing), self.batch_size):
                     idx = missing[start : start + self.batch_size]
                     out = self._forward(model, sp, idx, res.name)
-                    logits, have = _place(logits, have, idx, out, n)
+                    logits, have = self._place(res, split, logits, have, idx, out)
                     bar.update(len(idx))
             self._store(res, split, logits, have)
         logits = cast(torch.Tensor, logits)
@@ -221,12 +221,13 @@ class Evaluator:
         with self._bar(n, f"{res.name} · {split}") as bar:
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
-                miss = [i for i in range(start, stop) if not have[i]]
+                miss = ((~have[start:stop]).nonzero().flatten() + start).tolist()
                 self.stats.cached_examples += stop - start - len(miss)
                 if miss:
-                    model = model or self._predictor(res)
+                    if model is None:
+                        model = self._predictor(res)
                     out = self._forward(model, sp, miss, res.name)
-                    logits, have = _place(logits, have, miss, out, n)
+                    logits, have = self._place(res, split, logits, have, miss, out)
                     fresh = True
                 rows = cast(torch.Tensor, logits)[start:stop]
                 if not miss:
@@ -340,6 +341,26 @@ class Evaluator:
         if res.key is not None and logits is not None:
             self.cache.save(res.key, self.fingerprint(split), logits, have)
 
+    def _place(
+        self,
+        res: _Resolved,
+        split: str,
+        logits: torch.Tensor | None,
+        have: torch.Tensor,
+        idx: list[int],
+        out: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if logits is None:
+            logits = torch.zeros(len(have), out.shape[1], dtype=torch.float32)
+        elif logits.shape[1] != out.shape[1]:
+            path = self.cache.path(cast(str, res.key), self.fingerprint(split))
+            raise TaskError(
+                f"{res.name} on split {split!r}: cached logits have {logits.shape[1]} classes but "
+                f"the model now outputs {out.shape[1]}; the task changed without a new "
+                f"version (bump Task.version) or delete {path}"
+            )
+        return _place(logits, have, idx, out)
+
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, unit="ex", desc=desc, disable=not self.progress, leave=False)
 
@@ -376,12 +397,9 @@ class Evaluator:
 
 
 def _place(
-    logits: torch.Tensor | None, have: torch.Tensor, idx: list[int], out: torch.Tensor, n: int
+    logits: torch.Tensor, have: torch.Tensor, idx: list[int], out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write ``out`` into rows ``idx``; a cached width that disagrees is discarded."""
-    if logits is None or logits.shape[1] != out.shape[1]:
-        logits = torch.zeros(n, out.shape[1], dtype=torch.float32)
-        have = torch.zeros(n, dtype=torch.bool)
+    """Write ``out`` into rows ``idx`` of ``logits`` and mark them present."""
     if idx[-1] - idx[0] + 1 == len(idx):  # contiguous rows: a slice, not a gather
         logits[idx[0] : idx[-1] + 1] = out
         have[idx[0] : idx[-1] + 1] = True

@@ -285,7 +285,7 @@ def render_markdown(result: ComparisonResult, *, figure: str | None = "fig1.png"
 
     p_lines = [
         "| method | " + " | ".join(_md_col(c, role[c]) for c in columns) + " |",
-        sep.rsplit(" | ---: | ---: |", 1)[0] + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
     ]
     for name, row in result.methods.items():
         p_lines.append(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 CHUNK = 1024 * 1024
+_locks: dict[str, threading.Lock] = {}  # one per file version: a file is hashed once at a time
+_locks_guard = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -33,6 +36,13 @@ def file_digest(path: Path) -> str:
     """
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:  # a thread asking while another hashes the same file waits, then hits the cache
+        return _cached_digest(path, key)
+
+
+def _cached_digest(path: Path, key: str) -> str:
     store = cache_dir() / "digests"
     entry = store / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
     try:

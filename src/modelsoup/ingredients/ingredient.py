@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +116,14 @@ class Ingredient:
                     raise IngredientError(
                         f"{path}: tensor {name!r} also appears in another shard of {self.source}"
                     )
-                if self.shard_of and self.shard_of.get(name) != path:
+                if self.shard_of and name not in self.shard_of:
+                    raise IngredientError(
+                        f"{path}: holds tensor {name!r}, which the index {self.source} does not list"
+                    )
+                if self.shard_of and self.shard_of[name] != path:
                     raise IngredientError(
                         f"{self.source}: index places tensor {name!r} in "
-                        f"{self.shard_of.get(name)}, but it is in {path}"
+                        f"{self.shard_of[name].name}, but it is in {path}"
                     )
                 infos[name] = info
         missing = set(self.shard_of) - set(infos)
@@ -172,11 +177,50 @@ def compute_digests(ingredients: Sequence[Ingredient], workers: int | None = Non
     if todo:
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         with ThreadPoolExecutor(workers, thread_name_prefix="modelsoup-digest") as pool:
-            done = dict(zip(todo, pool.map(file_digest, todo)))
+            done = dict(zip(todo, pool.map(_file_digest, todo)))
         for ing in ingredients:
             if ing._digest is None:
                 ing._digest = combine_digests([(p.name, done[p]) for p in ing.files])
     return [ing.digest for ing in ingredients]
+
+
+def prefetch_digests(ingredients: Sequence[Ingredient]) -> Callable[[], list[str]]:
+    """Start :func:`compute_digests` in a background thread; return a function that waits.
+
+    Hashing needs neither torch nor the GIL, so it overlaps with importing torch and mixing.
+    A daemon thread: an early exit (an error elsewhere) does not wait for it.
+
+    Example:
+        >>> wait = prefetch_digests(ingredients)  # doctest: +SKIP
+        >>> digests = wait()  # doctest: +SKIP
+    """
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["digests"] = compute_digests(ingredients)
+        except BaseException as e:  # re-raised by wait()
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="modelsoup-digests", daemon=True).start()
+
+    def wait() -> list[str]:
+        done.wait()
+        if "error" in result:
+            raise result["error"]
+        return result["digests"]
+
+    return wait
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return file_digest(path)
+    except OSError as e:
+        raise IngredientError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _map_tensor(path: Path, offset: int, info: TensorInfo) -> torch.Tensor:

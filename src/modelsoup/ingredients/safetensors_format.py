@@ -123,7 +123,10 @@ def _parse_entry(
     if end < begin or end - begin != info.nbytes:
         raise bad(f"data_offsets {offsets} do not match shape {shape} and dtype {dtype}")
     if end > data_size:
-        raise bad(f"data_offsets {offsets} point past the end of the file")
+        raise IngredientError(
+            f"{path}: truncated or corrupt safetensors file (tensor {name!r}: data_offsets "
+            f"{offsets} point past the end of the file's {data_size} data bytes)"
+        )
     return info, (begin, end)
 
 

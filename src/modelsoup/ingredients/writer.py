@@ -299,6 +299,7 @@ class _BackgroundWriter:
     def _run(self) -> None:
         f, pending = self._f, 0
         sync = getattr(os, "fdatasync", os.fsync)
+        drained = False
         try:
             while (data := self._queue.get()) is not None:
                 f.write(data)
@@ -308,11 +309,12 @@ class _BackgroundWriter:
                     f.flush()
                     sync(f.fileno())
                     pending = 0
-            f.flush()
+            drained = True
+            f.flush()  # e.g. EFBIG/ENOSPC surfaces here, after the end marker was taken
             os.fsync(f.fileno())
         except BaseException as e:  # re-raised in the caller's thread
             self._error = e
-            while self._queue.get() is not None:
+            while not drained and self._queue.get() is not None:
                 pass
 
 
