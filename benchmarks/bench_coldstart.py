@@ -31,6 +31,14 @@ from common import (  # noqa: E402
 
 HEAVY = ("torch", "numpy", "safetensors", "pydantic", "tqdm", "transformers", "scipy", "pandas")
 
+PROSE = """
+`modelsoup --help`, `--version` and `inspect` must start fast: the CLI is a lazy click group
+(a command's module is imported only when it runs), the package `__init__` resolves names
+lazily, and `inspect` reads safetensors headers with our own parser (no torch, no safetensors
+library) and digests from the on-disk cache. Commands that build flags from the recipe
+registry (`recipes`, `cook`) import torch, as they need it anyway.
+"""
+
 
 def imported(cmd: list[str], env: dict[str, str]) -> list[str]:
     """Top-level packages among HEAVY that ``cmd`` (a python script + args) imports."""

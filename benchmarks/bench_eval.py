@@ -19,6 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, THREADS, Table, log, run  # noqa: E402
 
+PROSE = """
+The Evaluator (batched `torch.inference_mode`, per-example logits cached on disk by content
+digest, task/split fingerprint and example index) against a bare loop over the same model,
+data and batch size; then ensembles built from cached member logits, counted with
+`Evaluator.stats`.
+"""
+
 
 def worker(size: str, repeats: int) -> dict:
     import torch

@@ -22,6 +22,15 @@ from common import PYTHON, THREADS, Table, log, run  # noqa: E402
 
 K = 10
 
+PROSE = """
+`cook greedy` with exact early rejection (stop scoring a candidate once it cannot reach the
+acceptance threshold even if every remaining example were right) against full evaluation of
+every candidate: the selections must be identical. Savings depend on how many candidates are
+rejected and by how much: an accepted candidate is always scored in full, and a rejected one
+stops once its misses exceed the current soup's. Then the cost of one greedy step's soup update
+(the candidate from the running sum, loaded into the model) against one held-out pass.
+"""
+
 
 def worker(size: str, repeats: int) -> dict:
     import torch

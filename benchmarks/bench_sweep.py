@@ -27,6 +27,12 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 
+PROSE = """
+One fine-tuning run of the sweep (`train_trial`: AdamW with warm-up and decay, gradient
+clipping, loss curve, progress) against a bare PyTorch loop doing the same forward, loss,
+backward and optimizer step on the same model and batches.
+"""
+
 
 def tiny_bert(minilm: Path) -> Path:
     """A 2-layer, hidden-128 BERT with MiniLM's tokenizer (for --quick)."""

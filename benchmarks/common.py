@@ -218,13 +218,15 @@ def warm(paths: Sequence[Path]) -> None:
 
 @dataclass
 class Run:
-    """One child process: wall seconds, peak RSS bytes, exit code, what it printed."""
+    """One child process: wall seconds, peak RSS bytes, CPU seconds (user + system, all its
+    threads), exit code, what it printed."""
 
     wall: float
     rss: int
     code: int
     stdout: str
     stderr: str
+    cpu: float = 0.0
 
     def json(self) -> dict[str, Any]:
         """The last line of stdout that parses as a JSON object (workers report there)."""
@@ -265,7 +267,14 @@ def run(
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        result = Run(wall, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read())
+        result = Run(
+            wall,
+            usage.ru_maxrss * 1024,
+            proc.returncode,
+            out.read(),
+            err.read(),
+            usage.ru_utime + usage.ru_stime,
+        )
     if check and result.code != 0:
         raise RuntimeError(
             f"benchmark command failed ({result.code}): {' '.join(map(str, cmd))}\n"
@@ -280,11 +289,16 @@ class Stat:
 
     walls: list[float] = field(default_factory=list)
     rsss: list[int] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
     extra: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def wall(self) -> float:
         return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
 
     @property
     def rss(self) -> int:
@@ -311,8 +325,9 @@ def interleaved(
             res = fn()
             stats[name].walls.append(res.wall)
             stats[name].rsss.append(res.rss)
+            stats[name].cpus.append(res.cpu)
             stats[name].extra.append(res.json())
-            log(f"  {name} #{r + 1}: {res.wall:.2f} s, {res.rss / MB:.0f} MB")
+            log(f"  {name} #{r + 1}: {res.wall:.2f} s, cpu {res.cpu:.2f} s, {res.rss / MB:.0f} MB")
     return stats
 
 

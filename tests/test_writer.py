@@ -311,3 +311,14 @@ def test_overwrite_never_touches_an_input(soup, tmp_path: Path) -> None:
         soup.save(soup.ingredients[0].source, overwrite=True)
     with pytest.raises(OutputError, match="refusing to write over the input"):
         soup.save(soup.ingredients[0].source.parent, overwrite=True)
+
+
+def test_overwrite_replaces_an_output_that_is_a_file(soup, tmp_path: Path) -> None:
+    out = tmp_path / "dest" / "soup"
+    out.parent.mkdir()
+    out.write_text("a file where the soup should go")
+    with pytest.raises(OutputError, match="already exists"):
+        soup.save(out)
+    soup.save(out, overwrite=True)
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["soup"]  # no stray .old file

@@ -44,6 +44,12 @@ class Soup:
         ]
         return [ing for ing, k in zip(self.ingredients, keep) if k]
 
+    @property
+    def cache_key(self) -> str:
+        """Identity of this soup's weights (mixture, ingredient digests, accumulator precision)."""
+        key = self.mixture.key(self.ingredients)
+        return key if self.accumulate == torch.float32 else f"{key}-{self.accumulate}"
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Stream ``(name, tensor)`` pairs (memory: one tensor at a time)."""
         return mix(

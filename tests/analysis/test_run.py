@@ -138,3 +138,23 @@ def test_a_section_that_cannot_be_computed_is_skipped(run_copy: Path) -> None:
     assert "plane" not in doc["figures"] and doc["pairs"]["pairs"][0]["angle"] == 0.0
     md = (run_copy / "analysis" / "analysis.md").read_text()
     assert "Not computed for this run" in md and "parallel" in md
+
+
+def test_a_task_without_shifts_or_training_split(run_copy: Path) -> None:
+    import dataclasses
+
+    from modelsoup.tasks.toy import make_task
+
+    full = make_task()
+    task = dataclasses.replace(
+        full, splits={s: full.splits[s] for s in ("heldout", "test")}, shifts=(), train=None
+    )
+    options = AnalysisOptions(pairs=2, resolution=2, curves=1, alphas=(0.0, 0.5, 1.0))
+    doc = analyze(run_copy, task, options=options)
+    assert doc["skipped"] == {} and set(doc["figures"]) == set(FIGURES)
+    assert doc["plane"]["loss_split"] == "heldout"  # no training split: the held-out loss
+    assert set(doc["pairs"]["pairs"][0]["advantage"]) == {"id"}
+    assert set(doc["interpolation"][0]["score"]) == {"heldout", "id"}
+    assert "shift_avg" not in doc["calibration"]["methods"][0]["ece"]
+    md = (run_copy / "analysis" / "analysis.md").read_text()
+    assert "Under shift" not in md

@@ -65,7 +65,12 @@ def angle_from_gram(gram: np.ndarray, i: int, j: int) -> float:
 
 
 def float_tensor_names(ingredient: Ingredient) -> list[str]:
-    """Names of the floating-point tensors (the coordinates every delta is measured in)."""
+    """Names of the floating-point tensors (the coordinates every delta is measured in).
+
+    Example:
+        >>> "norm.num_batches_tracked" in float_tensor_names(init)  # doctest: +SKIP
+        False
+    """
     return [name for name, info in ingredient.tensor_infos.items() if info.is_float]
 
 

@@ -34,7 +34,11 @@ def new_figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.2) -> tu
 
 
 def save(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parents created) and return the path."""
+    """Write ``fig`` as PNG to ``path`` (parents created) and return the path.
+
+    Example:
+        >>> save(fig, Path("run/analysis/fig.png"))  # doctest: +SKIP
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -43,12 +47,21 @@ def save(fig: Any, path: Path) -> Path:
 
 
 def finite(values: Sequence[float]) -> list[float]:
-    """The finite values of a sequence."""
+    """The finite values of a sequence.
+
+    Example:
+        >>> finite([1.0, float("nan"), None, 2.0])
+        [1.0, 2.0]
+    """
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
 def diagonal(ax: Any, xs: Sequence[float], ys: Sequence[float]) -> None:
-    """Draw ``y = x`` across the range of the data."""
+    """Draw ``y = x`` across the range of the data.
+
+    Example:
+        >>> diagonal(ax, [0.8, 0.9], [0.82, 0.88])  # doctest: +SKIP
+    """
     vals = finite([*xs, *ys])
     if not vals:
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from modelsoup.analysis.eq1 import BETA_BOUNDS
 from modelsoup.analysis.stats import describe_correlation
 
 
@@ -47,7 +48,11 @@ def _agreement(r: float | None, expected_sign: int) -> str:
 
 
 def interpolation_paragraph(doc: dict[str, Any]) -> str:
-    """What the interpolation curves show."""
+    """What the interpolation curves show.
+
+    Example:
+        >>> interpolation_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     parts = []
     for c in doc.get("interpolation") or []:
         alphas, score, loss = c["alphas"], c["score"], c["loss"]
@@ -91,7 +96,11 @@ def interpolation_paragraph(doc: dict[str, Any]) -> str:
 
 
 def plane_paragraph(doc: dict[str, Any]) -> str:
-    """What Figure 2 shows."""
+    """What Figure 2 shows.
+
+    Example:
+        >>> plane_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     p = doc["plane"]
     init, a, b = p["names"]
     m = p["models"]
@@ -136,7 +145,11 @@ def plane_paragraph(doc: dict[str, Any]) -> str:
 
 
 def angle_paragraph(doc: dict[str, Any]) -> str:
-    """What Figure 3 shows."""
+    """What Figure 3 shows.
+
+    Example:
+        >>> angle_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     pairs = doc["pairs"]["pairs"]
     angles = [p["angle"] for p in pairs]
     adv = [p["advantage"]["id"] for p in pairs]
@@ -164,7 +177,11 @@ def angle_paragraph(doc: dict[str, Any]) -> str:
 
 
 def soup_vs_ensemble_paragraph(doc: dict[str, Any]) -> str:
-    """What Figure 4 shows."""
+    """What Figure 4 shows.
+
+    Example:
+        >>> soup_vs_ensemble_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     pairs = doc["pairs"]["pairs"]
     n = len(pairs)
     corr = doc["pairs"]["correlation"]
@@ -197,7 +214,11 @@ def soup_vs_ensemble_paragraph(doc: dict[str, Any]) -> str:
 
 
 def eq1_paragraph(doc: dict[str, Any]) -> str:
-    """What the Eq. 1 scatter shows."""
+    """What the Eq. 1 scatter shows.
+
+    Example:
+        >>> eq1_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     e = doc["eq1"]
     pts = e["points"]
     n = len(pts)
@@ -206,16 +227,28 @@ def eq1_paragraph(doc: dict[str, Any]) -> str:
     curv = [p["alpha"] * (1 - p["alpha"]) / 2 * -p["curvature"] for p in pts]
     var = [p["alpha"] * (1 - p["alpha"]) / 2 * p["beta"] ** 2 * p["variance"] for p in pts]
     alphas = sorted({p["alpha"] for p in pts})
+    where = (
+        f"alpha = {alphas[0]:g}"
+        if len(alphas) == 1
+        else f"alpha in {', '.join(f'{a:g}' for a in alphas)}"
+    )
     text = (
-        f"For {n} (pair, alpha) points (alpha in {', '.join(f'{a:g}' for a in alphas)}) on "
+        f"For {n} (pair, alpha) points ({where}) on "
         f"the {e['split']} split, with beta fitted per pair on held-out data "
-        f"({min(betas):.2f} to {max(betas):.2f}), the Eq. 1 approximation and the measured "
+        f"({min(betas):.3g} to {max(betas):.3g}), the Eq. 1 approximation and the measured "
         f"L_soup - L_ens show {describe_correlation(e['correlation'], n)}, and agree in sign for "
         f"{100 * e['sign_agreement']:.0f}% of the points. The measured difference averages "
         f"{_num(_mean(measured))} nats ({'the soup has the lower loss' if _mean(measured) < 0 else 'the ensemble has the lower loss'} "
         f"on average); the curvature term contributes {_num(_mean(curv))} and the "
         f"confidence (variance) term {_num(_mean(var))} on average."
     )
+    at_bound = sum(b <= BETA_BOUNDS[0] * 1.000001 or b >= BETA_BOUNDS[1] * 0.999999 for b in betas)
+    if at_bound:
+        text += (
+            f" For {at_bound} pair(s) beta stopped at the end of its search range "
+            f"[{BETA_BOUNDS[0]:g}, {BETA_BOUNDS[1]:g}]: no temperature calibrates those models "
+            "(near-chance or perfectly separated predictions), so their points say little."
+        )
     if e["step"] >= 0.5:
         text += (
             " The second derivative comes from the endpoints and the midpoint only (step "
@@ -225,7 +258,11 @@ def eq1_paragraph(doc: dict[str, Any]) -> str:
 
 
 def calibration_paragraph(doc: dict[str, Any]) -> str:
-    """What the calibration figure shows."""
+    """What the calibration figure shows.
+
+    Example:
+        >>> calibration_paragraph(json.loads(Path("analysis.json").read_text()))  # doctest: +SKIP
+    """
     c = doc["calibration"]
     split = doc["task"]["id_test"]
     methods = sorted(c["methods"], key=lambda m: m["ece"][split])

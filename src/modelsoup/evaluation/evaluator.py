@@ -3,7 +3,7 @@
 A *source* is what gets evaluated:
 
 * an :class:`~modelsoup.ingredients.Ingredient` (cached under its content digest),
-* a :class:`~modelsoup.soup.Soup` (cached under ``soup.mixture.key(soup.ingredients)``; its
+* a :class:`~modelsoup.soup.Soup` (cached under ``soup.cache_key``; its
   tensors are only mixed when something is missing from the cache),
 * a ``(key, value)`` pair whose value is a state dict, a function returning one (called only on a
   cache miss), or an ``nn.Module`` to run as is (ensembles),
@@ -307,7 +307,7 @@ class Evaluator:
         if isinstance(source, Ingredient):
             return _Resolved(source.digest, source.name, source.state_dict)
         if isinstance(source, Soup):
-            key = source.mixture.key(source.ingredients)
+            key = source.cache_key
             return _Resolved(key, f"{source.recipe} soup", source.state_dict)
         if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], str):
             key, value = source

@@ -1,0 +1,167 @@
+"""Run the whole benchmark suite and write docs/benchmarks.md and benchmarks/results/*.csv.
+
+    python benchmarks/run_all.py            # full sizes (k = 8 x 100M parameters, ...), ~30 min
+    python benchmarks/run_all.py --quick    # small sizes, a few minutes
+    python benchmarks/run_all.py --only uniform,coldstart
+
+Generated checkpoints, virtualenvs and outputs go to $MODELSOUP_BENCH_DIR (default
+/tmp/modelsoup-bench), never into the repository. ``make bench`` runs the full suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_coldstart  # noqa: E402
+import bench_eval  # noqa: E402
+import bench_greedy  # noqa: E402
+import bench_sweep  # noqa: E402
+import bench_uniform  # noqa: E402
+from common import HERE, PYTHON, REPO, RESULTS, THREADS, Table, bench_dir, loadavg, log, machine  # noqa: E402
+
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def learned(quick: bool, repeats: int) -> list[Table] | str:
+    """bench_learned.py (another helper's) is its own script: include what it prints."""
+    script = HERE / "bench_learned.py"
+    if not script.is_file():
+        return "benchmarks/bench_learned.py is not there yet."
+    args = ["--hidden", "1024", "--ks", "2,4,8"] if quick else []
+    done = subprocess.run(
+        [PYTHON, str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if done.returncode != 0:
+        return f"bench_learned.py failed:\n\n```\n{done.stderr.strip()[-2000:]}\n```"
+    return done.stdout.strip()
+
+
+SECTIONS: dict[str, tuple[str, Callable[[bool, int], list[Table] | str], str]] = {
+    "coldstart": ("Cold start", bench_coldstart.bench, bench_coldstart.PROSE),
+    "uniform": ("Uniform soup (out of core)", bench_uniform.bench, bench_uniform.PROSE),
+    "eval": ("Evaluation", bench_eval.bench, bench_eval.PROSE),
+    "greedy": ("Greedy soup", bench_greedy.bench, bench_greedy.PROSE),
+    "learned": (
+        "Learned soup",
+        learned,
+        "From `benchmarks/bench_learned.py`: the learned soup's peak RSS in streaming mode "
+        "against k, and its time per epoch against the in-memory mode, each configuration in "
+        "its own process.",
+    ),
+    "sweep": ("Sweep training", bench_sweep.bench, bench_sweep.PROSE),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (minutes, not half an hour)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
+    parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(SECTIONS)}")
+    parser.add_argument("--doc", type=Path, default=DOC, help="where to write the markdown")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    info = machine()
+    load_before = loadavg()
+    started = time.perf_counter()
+    results: dict[str, list[Table] | str] = {}
+    for key in chosen:
+        title, fn, _prose = SECTIONS[key]
+        log(f"=== {title}")
+        try:
+            results[key] = fn(args.quick, args.repeats)
+        except Exception:
+            results[key] = f"failed:\n\n```\n{traceback.format_exc()[-3000:]}\n```"
+            log(f"{title} failed:\n{traceback.format_exc()}")
+        for table in results[key] if isinstance(results[key], list) else []:
+            table.write_csv()
+    elapsed = time.perf_counter() - started
+    doc = render(results, info, load_before, loadavg(), elapsed, args)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(doc)
+    log(f"wrote {args.doc} and {RESULTS}/ in {elapsed / 60:.1f} min")
+    return 0
+
+
+def render(
+    results: dict[str, list[Table] | str],
+    info: dict[str, str],
+    load_before: str,
+    load_after: str,
+    elapsed: float,
+    args: argparse.Namespace,
+) -> str:
+    mode = "--quick (small sizes)" if args.quick else "full sizes"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python benchmarks/run_all.py` (`make bench`); do not edit by hand. Every",
+        "figure is a ratio against a baseline measured in the same run; the CSVs are in",
+        "`benchmarks/results/`.",
+        "",
+        "## How these were measured",
+        "",
+        f"- Run: {info['date']}, {mode}, {args.repeats} repeats, {elapsed / 60:.1f} min in all.",
+        f"- Machine: {info['cpu']}, {info['nproc']} cores, {info['ram']} RAM, {info['os']}.",
+        f"- Versions: Python {info['python']}, modelsoup {info['modelsoup']} (git "
+        f"{info.get('git', '?')}), torch {info['torch']}, safetensors {info['safetensors']}, "
+        f"numpy {info['numpy']}, transformers {info['transformers']}.",
+        f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine",
+        "  was shared with other jobs, so absolute timings are noisy: configurations compared",
+        "  in a ratio run interleaved (A B C A B C ...), each in a fresh process unless noted,",
+        "  and tables show the median.",
+        f"- Throughput workers (evaluation, greedy, sweep) run torch on {THREADS} intra-op "
+        "thread(s) on both",
+        "  sides of each ratio: on a busy machine a two-thread op waits for whichever of its",
+        "  threads was preempted, and two-thread timings swung by 5x between runs.",
+        "- Peak RSS is the child process's own `ru_maxrss` (`os.wait4`); the orchestrating",
+        "  process never imports torch.",
+        f"- Scratch data (generated checkpoints, mergekit's virtualenv): `{bench_dir()}`.",
+        "",
+    ]
+    summary = []
+    for key, res in results.items():
+        if isinstance(res, list):
+            for table in res:
+                summary += [(SECTIONS[key][0], *t) for t in table.targets]
+    if summary:
+        lines += [
+            "## Targets",
+            "",
+            "| area | target | measured | met |",
+            "| --- | --- | --- | --- |",
+        ]
+        for area, target, measured, met in summary:
+            verdict = "n/a" if met is None else ("yes" if met else "**no**")
+            lines.append(f"| {area} | {target} | {measured} | {verdict} |")
+        lines.append("")
+    for key, res in results.items():
+        title, _, prose = SECTIONS[key]
+        lines += [f"## {title}", "", prose.strip(), ""]
+        if isinstance(res, str):
+            lines += [res, ""]
+        else:
+            for table in res:
+                lines += [table.markdown()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
