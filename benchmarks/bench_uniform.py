@@ -105,6 +105,25 @@ def worker_stream(out: str, files: list[str]) -> dict:
     return {}
 
 
+def worker_stream1(out: str, files: list[str]) -> dict:
+    """The plain stream on one intra-op thread, as modelsoup accumulates."""
+    import torch
+
+    torch.set_num_threads(1)
+    return worker_stream(out, files)
+
+
+def worker_stream_fsync(out: str, files: list[str]) -> dict:
+    """The plain stream, then fsync of its output: the cost of durability, for comparison."""
+    worker_stream(out, files)
+    fd = os.open(os.path.join(out, "model.safetensors"), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {}
+
+
 def worker_naive(out: str, files: list[str]) -> dict:
     """The official code's way: load each checkpoint fully, ``soup = soup + sd * (1/k)``."""
     import torch
@@ -190,6 +209,8 @@ def worker_profile(out: str, dirs: list[str]) -> dict:
 WORKERS = {
     "floor": worker_floor,
     "stream": worker_stream,
+    "stream1": worker_stream1,
+    "stream_fsync": worker_stream_fsync,
     "naive": worker_naive,
     "profile": worker_profile,
 }
@@ -305,6 +326,8 @@ def bench(quick: bool = False, repeats: int = 3) -> list[Table]:
     configs = {
         "read floor": lambda: worker("floor", files),
         "plain stream": lambda: worker("stream", files),
+        "plain stream, 1 thread": lambda: worker("stream1", files),
+        "plain stream + fsync": lambda: worker("stream_fsync", files),
         "naive (load_file)": lambda: worker("naive", files),
         "modelsoup (warm digests)": lambda: cook("modelsoup_warm", dirs, cache_warm),
         "modelsoup (cold digests)": lambda: cook("modelsoup_cold", dirs, None),

@@ -201,8 +201,13 @@ def make_checkpoints(spec: BertSpec, k: int, *, pt: bool = False) -> list[Path]:
     return dirs
 
 
-def warm(paths: Sequence[Path]) -> None:
-    """Read files once so that the page cache holds them (measurements say 'page cache warm')."""
+def warm(paths: Sequence[Path | str]) -> None:
+    """Flush other runs' dirty pages, then read ``paths`` once so the page cache holds them.
+
+    The flush matters: a configuration that fsyncs (modelsoup) would otherwise also wait for
+    the previous configuration's unsynced output to reach the disk.
+    """
+    os.sync()
     buf = bytearray(16 * 2**20)
     view = memoryview(buf)
     for p in paths:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from factories import toy_state_dicts  # noqa: F401  (re-exported for old imports)
+from safetensors.torch import save_file
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ def toy_state_dicts(k: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
         torch.manual_seed(seed * 1000 + i)
         model = ToyMLP()
         sd = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        for name, t in sd.items():
+        for t in sd.values():
             if t.is_floating_point():
                 t.copy_(torch.randn_like(t))
         sd["norm.num_batches_tracked"] = torch.tensor(10 * (i + 1))

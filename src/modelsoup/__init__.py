@@ -30,6 +30,12 @@ _EXPORTS = {
     "get_recipe": "modelsoup.recipes",
     "list_recipes": "modelsoup.recipes",
     "ModelSoupError": "modelsoup.errors",
+    "Task": "modelsoup.evaluation.task",
+    "Split": "modelsoup.evaluation.task",
+    "load_task": "modelsoup.evaluation.task",
+    "Evaluator": "modelsoup.evaluation.evaluator",
+    "compare": "modelsoup.evaluation.compare",
+    "analyze": "modelsoup.analysis",
 }
 
 __all__ = ["__version__", *_EXPORTS]

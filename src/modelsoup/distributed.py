@@ -7,6 +7,7 @@ equal a single-process run exactly.
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -42,17 +43,34 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise ModelSoupError(f"unknown device {device!r} (use cpu, cuda or auto)")
 
 
+#: Seconds a collective (e.g. the sweep's final barrier) may wait for the slowest rank.
+DEFAULT_TIMEOUT_S = 6 * 3600
+
+
 def init(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun (idempotent) and return this rank's device.
 
-    The backend is NCCL when this rank runs on a GPU, gloo otherwise.
+    The backend is NCCL when this rank runs on a GPU, gloo otherwise. Collectives wait up to
+    ``$MODELSOUP_DIST_TIMEOUT`` seconds (default 6 hours: a sweep's ranks may finish their trials
+    far apart) before failing.
+
+    Example:
+        >>> init("cpu")  # outside torchrun: no process group, just the device
+        device(type='cpu')
     """
     dev = resolve_device(device)
     if launched_by_torchrun() and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
+        raw = os.environ.get("MODELSOUP_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ModelSoupError(
+                f"MODELSOUP_DIST_TIMEOUT={raw!r}: give a number of seconds"
+            ) from None
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
     return dev
 
 
@@ -73,42 +91,84 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
+def shard_range(
+    n: int, rank_: int | None = None, world: int | None = None, *, block: int = 1
+) -> range:
     """The contiguous block of ``range(n)`` owned by a rank; blocks cover ``n`` exactly once.
+
+    With ``block > 1`` the split is made of whole runs of ``block`` items (the last one may be
+    short), so that a rank's batches are exactly batches of a single-process pass.
 
     Example:
         >>> [list(shard_range(5, r, 2)) for r in range(2)]
         [[0, 1, 2], [3, 4]]
+        >>> [list(shard_range(5, r, 2, block=2)) for r in range(2)]
+        [[0, 1, 2, 3], [4]]
     """
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
-    base, extra = divmod(n, w)
+    blocks = -(-n // block)
+    base, extra = divmod(blocks, w)
     start = r * base + min(r, extra)
-    return range(start, start + base + (1 if r < extra else 0))
+    stop = start + base + (1 if r < extra else 0)
+    return range(min(n, start * block), min(n, stop * block))
 
 
-def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
-    """Concatenate every rank's :func:`shard_range` block of rows into the full ``[n, ...]`` tensor."""
+def gather_rows(local: torch.Tensor, n: int, *, block: int = 1) -> torch.Tensor:
+    """Concatenate every rank's :func:`shard_range` block of rows into the full ``[n, ...]`` tensor.
+
+    ``local`` holds this rank's rows of ``shard_range(n, block=block)``, in order. Bool tensors
+    travel as uint8 (gloo cannot gather bools).
+
+    Example:
+        >>> gather_rows(torch.arange(3), 3)  # outside torchrun: the rows themselves
+        tensor([0, 1, 2])
+    """
     if not active():
         return local
     w = world_size()
-    sizes = [len(shard_range(n, r, w)) for r in range(w)]
-    width = max(sizes)
-    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[: local.shape[0]] = local
+    sizes = [len(shard_range(n, r, w, block=block)) for r in range(w)]
+    if local.shape[0] != sizes[rank()]:
+        raise ModelSoupError(
+            f"gather_rows: rank {rank()} holds {local.shape[0]} rows, its shard has {sizes[rank()]}"
+        )
+    wire = local.to(torch.uint8) if local.dtype == torch.bool else local
+    padded = torch.zeros((max(sizes), *wire.shape[1:]), dtype=wire.dtype, device=wire.device)
+    padded[: wire.shape[0]] = wire
+    padded = _to_comm_device(padded)
     parts = [torch.empty_like(padded) for _ in range(w)]
-    dist.all_gather(parts, _to_comm_device(padded))
-    return torch.cat([p[:s].to(local.device) for p, s in zip(parts, sizes)])
+    dist.all_gather(parts, padded)
+    out = torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(local.device)
+    return out.bool() if local.dtype == torch.bool else out
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks (in place; returned for convenience)."""
+    """Sum a tensor over ranks (in place; returned for convenience).
+
+    Example:
+        >>> all_reduce_sum(torch.tensor([1.0, 2.0]))  # outside torchrun: unchanged
+        tensor([1., 2.])
+    """
     if active():
         moved = _to_comm_device(t)
         dist.all_reduce(moved)
         if moved is not t:
             t.copy_(moved)
     return t
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest of every rank's ``value``.
+
+    Example:
+        >>> all_reduce_max(3)  # outside torchrun
+        3
+    """
+    if not active():
+        return value
+    t = _to_comm_device(torch.tensor([value], dtype=torch.int64))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

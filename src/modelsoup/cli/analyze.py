@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from modelsoup.cli.options import device_option, quiet, task_option
+from modelsoup.cli.options import device_option, quiet, rank_zero_only, task_option
 
 
 @click.command("analyze")
@@ -31,6 +31,8 @@ def command(run_dir: str, task_ref: str | None, pairs: int | None, light: bool,
     (made by `modelsoup sweep` or `modelsoup demo`). TASK defaults to the one the run recorded."""
     from modelsoup.analysis import analyze
 
+    if not rank_zero_only("analyze"):
+        return
     silent = quiet(click.get_current_context())
     say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
     doc = analyze(run_dir, task_ref, pairs, light, resolution=resolution, device=device,

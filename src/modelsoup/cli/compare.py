@@ -1,14 +1,22 @@
 """``modelsoup compare PATH... --task TASK -o RUN_DIR``: the paper's table, with significance.
 
 Prints the table and writes ``RUN_DIR/results.json``, ``results.csv``, ``report.md`` and
-``fig1.png`` (see docs/results.md).
+``fig1.png`` (see docs/results.md). Under ``torchrun`` the ranks share the evaluation and the
+learned soups' fitting; rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import click
 
-from modelsoup.cli.options import device_option, paths_argument, quiet, task_option
+from modelsoup.cli.options import (
+    device_option,
+    join_ranks,
+    paths_argument,
+    precision_option,
+    quiet,
+    task_option,
+)
 
 
 @click.command("compare")
@@ -37,6 +45,7 @@ from modelsoup.cli.options import device_option, paths_argument, quiet, task_opt
     help="Greedy acceptance rule: >= (the paper) or > (the official code).",
 )
 @device_option
+@precision_option
 @click.option(
     "--batch-size", type=int, default=None, help="Evaluation batch size (default: the task's)."
 )
@@ -55,23 +64,31 @@ def command(
     seed: int,
     rule: str,
     device: str,
+    precision: str,
     batch_size: int | None,
     methods: str | None,
     ci: bool,
     overwrite: bool,
 ) -> None:
     """Compare soups, ensembles and baselines on held-out, ID and shift splits (the paper's table)."""
+    from modelsoup import distributed
     from modelsoup.evaluation.compare import compare
     from modelsoup.evaluation.evaluator import Evaluator
     from modelsoup.evaluation.report import check_run_dir, format_table, write_results
     from modelsoup.evaluation.task import load_task
     from modelsoup.ingredients import load_ingredients
 
-    silent = quiet(click.get_current_context())
+    dev, main_rank = join_ranks(device)
+    silent = quiet(click.get_current_context()) or not main_rank
     check_run_dir(run_dir, overwrite=overwrite)
+    distributed.barrier()  # every rank has checked RUN_DIR before rank 0 may write it
     ingredients = load_ingredients(paths)
     evaluator = Evaluator(
-        load_task(task_ref), device=device, batch_size=batch_size, progress=not silent
+        load_task(task_ref),
+        device=dev,
+        batch_size=batch_size,
+        progress=not silent,
+        precision=precision,
     )
     wanted = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
@@ -81,8 +98,12 @@ def command(
         "paths": list(paths),
         "task_ref": task_ref,
         "device": str(evaluator.device),
+        "precision": precision,
         "batch_size": evaluator.batch_size,
+        "world_size": distributed.world_size(),
     }
-    written = write_results(result, run_dir, overwrite=overwrite, metadata=meta)
-    click.echo(format_table(result, ci=ci))
-    click.echo(f"\nwrote {', '.join(str(p) for p in written.values())}")
+    if main_rank:
+        written = write_results(result, run_dir, overwrite=overwrite, metadata=meta)
+        click.echo(format_table(result, ci=ci))
+        click.echo(f"\nwrote {', '.join(str(p) for p in written.values())}")
+    distributed.barrier()

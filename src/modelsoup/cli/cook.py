@@ -1,6 +1,8 @@
 """``modelsoup cook RECIPE PATH... -o OUT``: one subcommand per registered recipe.
 
-Each recipe's typed options become its flags, so a new recipe needs no CLI code.
+Each recipe's typed options become its flags, so a new recipe needs no CLI code. Under
+``torchrun`` every rank takes part in the recipe (sharded evaluation, data-parallel fitting) and
+rank 0 writes the soup.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import click
 
 from modelsoup.cli.options import (
     device_option,
+    join_ranks,
     model_option_flags,
     output_options,
     paths_argument,
+    precision_option,
     quiet,
     task_option,
 )
@@ -56,6 +60,7 @@ def _recipe_command(recipe: type) -> click.Command:
         overwrite: bool,
         task_ref: str | None,
         device: str,
+        precision: str,
         batch_size: int | None,
         max_shard_size: str,
         accumulate: str,
@@ -69,6 +74,7 @@ def _recipe_command(recipe: type) -> click.Command:
             overwrite=overwrite,
             task_ref=task_ref,
             device=device,
+            precision=precision,
             batch_size=batch_size,
             max_shard_size=max_shard_size,
             accumulate=accumulate,
@@ -97,6 +103,7 @@ def _recipe_command(recipe: type) -> click.Command:
     f = click.option(
         "--batch-size", type=int, default=None, help="Evaluation batch size (default: the task's)."
     )(f)
+    f = precision_option(f)
     f = device_option(f)
     f = task_option(required=recipe.needs_task)(f)
     f = output_options(f)
@@ -118,22 +125,31 @@ def cook_to_disk(
     allow_nonfinite: bool,
     quiet: bool,
     options: dict[str, Any],
+    precision: str = "fp32",
 ) -> str:
-    """Load ingredients, check the output, cook, save with a progress bar; return the digest."""
+    """Load ingredients, check the output, cook, save with a progress bar; return the digest.
+
+    Under torchrun every rank cooks (the recipe splits its evaluation between them), rank 0
+    saves, and every rank returns the soup's digest.
+    """
     import torch
     from tqdm import tqdm
 
+    from modelsoup import distributed
     from modelsoup.ingredients import load_ingredients
     from modelsoup.ingredients.ingredient import prefetch_digests
     from modelsoup.ingredients.writer import check_output, parse_size
     from modelsoup.recipes import cook
 
+    dev, main_rank = join_ranks(device)
+    quiet = quiet or not main_rank
     ingredients = load_ingredients(paths)
     check_output(
         click.format_filename(out) and __import__("pathlib").Path(out),
         ingredients,
         overwrite=overwrite,
     )
+    distributed.barrier()  # every rank has checked OUT before rank 0 may write it
     shard = parse_size(max_shard_size)
     prefetch_digests(ingredients)  # the manifest needs them: hash while the recipe works
     evaluator = None
@@ -142,7 +158,11 @@ def cook_to_disk(
         from modelsoup.evaluation.task import load_task
 
         evaluator = Evaluator(
-            load_task(task_ref), device=device, batch_size=batch_size, progress=not quiet
+            load_task(task_ref),
+            device=dev,
+            batch_size=batch_size,
+            progress=not quiet,
+            precision=precision,
         )
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     soup = cook(
@@ -154,10 +174,15 @@ def cook_to_disk(
         allow_nonfinite=allow_nonfinite,
         **options,
     )
-    total = ingredients[0].nbytes
-    with tqdm(total=total, unit="B", unit_scale=True, desc="writing soup", disable=quiet) as bar:
-        digest = soup.save(out, overwrite=overwrite, max_shard_size=shard, progress=bar.update)
-    used = len(soup.used)
-    click.echo(f"{soup.recipe} soup of {used}/{len(ingredients)} ingredients written to {out}")
-    click.echo(f"sha256 {digest}")
-    return digest
+    digest = ""
+    if main_rank:
+        total = ingredients[0].nbytes
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc="writing soup", disable=quiet
+        ) as bar:
+            digest = soup.save(out, overwrite=overwrite, max_shard_size=shard, progress=bar.update)
+        used = len(soup.used)
+        click.echo(f"{soup.recipe} soup of {used}/{len(ingredients)} ingredients written to {out}")
+        click.echo(f"sha256 {digest}")
+    distributed.barrier()
+    return distributed.broadcast_object(digest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from modelsoup.cli.options import device_option, quiet
+from modelsoup.cli.options import device_option, quiet, rank_zero_only
 
 
 @click.command("demo")
@@ -61,6 +61,8 @@ def command(
     from modelsoup.demo.run import run_demo, summary_lines
     from modelsoup.evaluation.report import format_table
 
+    if not rank_zero_only("demo"):
+        return
     silent = quiet(click.get_current_context())
     say = (lambda m: None) if silent else (lambda m: click.echo(m, err=True))
     result = run_demo(

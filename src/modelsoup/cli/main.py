@@ -110,5 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m modelsoup`` and ``python -m modelsoup.cli.main``,
+    e.g. under ``torchrun --nproc_per_node 2 -m modelsoup.cli.main ...``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

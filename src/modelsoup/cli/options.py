@@ -39,6 +39,41 @@ def device_option(f: Callable) -> Callable:
     )(f)
 
 
+def precision_option(f: Callable) -> Callable:
+    return click.option(
+        "--precision",
+        default="fp32",
+        show_default=True,
+        type=click.Choice(["fp32", "bf16"]),
+        help="Evaluation precision; bf16 (bfloat16 autocast) needs a GPU and is cached apart.",
+    )(f)
+
+
+def join_ranks(device: str) -> tuple[Any, bool]:
+    """Join torchrun's process group when launched by it; return this rank's device and whether
+    it is rank 0 (the one that prints and writes). Outside torchrun: the device and ``True``."""
+    from modelsoup import distributed
+
+    dev = distributed.init(device)
+    return dev, distributed.is_main()
+
+
+def rank_zero_only(command: str) -> bool:
+    """For commands that do not split work between ranks: whether this process should run it.
+
+    Under torchrun rank 0 runs the command alone (as a single process) and the other ranks
+    return at once, so nothing is computed or written twice.
+    """
+    import os
+
+    from modelsoup import distributed
+
+    if not distributed.launched_by_torchrun() or int(os.environ["RANK"]) == 0:
+        return True
+    click.echo(f"rank {os.environ['RANK']}: `modelsoup {command}` runs on rank 0 only", err=True)
+    return False
+
+
 def output_options(f: Callable) -> Callable:
     f = click.option(
         "--overwrite", is_flag=True, help="Replace OUT if it exists (never an input)."

@@ -18,6 +18,10 @@ rerun makes bitwise the same trials, and ``--trials`` can grow a finished sweep.
 written to a temporary name and renamed into place (the sidecar first, the weights last), so a
 killed sweep never leaves a trial that looks finished; a rerun skips finished trials.
 
+Under ``torchrun`` (``run_dir`` on a file system every rank sees) rank 0 writes ``sweep.json``
+and the init, the unfinished trials are dealt round-robin to the ranks, each rank writes the
+trials it trained, and every rank returns once all are on disk (see docs/distributed.md).
+
 The model-specific parts stay generic: the head is the last ``nn.Linear`` whose output size is
 the number of classes (or ``head=``); mixup mixes the output of ``model.get_input_embeddings()``
 when the model has one (token models) and the inputs themselves when they are float tensors;
@@ -49,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 from torch.nn import functional as F
 
+from modelsoup import distributed
 from modelsoup.errors import ModelSoupError, RunDirError, TaskError
 from modelsoup.evaluation.task import Task
 
@@ -218,10 +223,12 @@ def run_sweep(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> SweepResult:
     """Make (or complete) the shared init and ``options.trials`` fine-tuning runs in ``run_dir``.
 
     Finished trials are reused; a run directory made with different settings is refused.
+    Trials train on ``device`` (the linear probe of the init runs on the CPU).
 
     Raises:
         SweepError: the task has no training split, an option does not fit the model, or a
@@ -241,38 +248,49 @@ def run_sweep(
         raise SweepError(f"task {task.name!r} has no training split, so it cannot be swept")
     train = task.split(task.train)
     identity = _identity(task, options)
-    _claim_run_dir(run_dir, identity)
+    if distributed.is_main():
+        _claim_run_dir(run_dir, identity)
+    distributed.barrier()
 
     init_path = run_dir / f"{INIT_NAME}.safetensors"
-    if _finished(init_path, identity["key"]):
+    if distributed.broadcast_object(_finished(init_path, identity["key"])):
         say(f"reusing the init {init_path}")
         init_state = _load_state(init_path)
     else:
-        say(f"fitting the shared init ({'linear probe' if options.linear_probe else 'as built'})")
-        init_state, info = make_init(task, options)
-        _save(init_path, init_state, {"kind": "init", **info}, identity["key"])
+        if distributed.is_main():
+            say(
+                f"fitting the shared init ({'linear probe' if options.linear_probe else 'as built'})"
+            )
+            init_state, info = make_init(task, options)
+            _save(init_path, init_state, {"kind": "init", **info}, identity["key"])
+        distributed.barrier()  # the other ranks start from the init rank 0 wrote
+        if not distributed.is_main():
+            init_state = _load_state(init_path)
     init_digest = _sidecar(init_path)["sha256"]
 
     trial_paths = [
         run_dir / TRIALS_DIR / f"trial_{i:03d}.safetensors" for i in range(options.trials)
     ]
     todo = [i for i, p in enumerate(trial_paths) if not _finished(p, identity["key"])]
+    todo = distributed.broadcast_object(todo)  # rank 0's view, before any rank writes a trial
     if len(todo) < len(trial_paths):
         say(f"reusing {len(trial_paths) - len(todo)} finished trial(s)")
-    plans = {i: plan_trial(options, i, len(train)) for i in todo}
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    plans = {i: plan_trial(options, i, len(train)) for i in mine}
     total = sum(p["steps"] for p in plans.values())
     if todo:
-        say(f"training {len(todo)} trial(s), {total} steps in all")
+        say(f"training {len(mine)} trial(s), {total} steps in all")
     with _progress_bar(total, progress) as bar:
-        for n, i in enumerate(todo, 1):
-            bar.set_description(f"trial {i} ({n}/{len(todo)})")
-            state, record = train_trial(task, init_state, options, plans[i], bar=bar)
+        for n, i in enumerate(mine, 1):
+            bar.set_description(f"trial {i} ({n}/{len(mine)})")
+            state, record = train_trial(task, init_state, options, plans[i], bar=bar, device=device)
             record.update({"kind": "trial", "trial": i, "init_sha256": init_digest})
             _save(trial_paths[i], state, record, identity["key"])
             say(
                 f"trial {i}: lr {record['hparams']['lr']:.2e}, {record['steps']} steps, "
                 f"final loss {record['final_loss']:.3f}, {record['wall_time_s']:.0f}s"
             )
+    distributed.barrier()  # every rank's trials are on disk
     return SweepResult(run_dir, init_path, trial_paths, todo, time.perf_counter() - started)
 
 
@@ -405,6 +423,7 @@ def train_trial(
     plan: Mapping[str, Any],
     *,
     bar: Any = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fine-tune from ``init_state`` with the hyperparameters of ``plan`` (see :func:`_plan`).
 
@@ -423,6 +442,7 @@ def train_trial(
     gen = torch.Generator().manual_seed(hp["torch_seed"])
     model = _build(task)
     model.load_state_dict(init_state, strict=True)
+    model.to(device)
     frozen = _freeze(model, options.freeze)
     decay, no_decay = [], []
     for p in model.parameters():
@@ -448,8 +468,8 @@ def train_trial(
     for step, idx in enumerate(
         batch_indices(train.examples, options.batch_size, steps, hp["data_seed"])
     ):
-        batch = task.collate([train.examples[i] for i in idx])
-        labels = train.labels[idx]
+        batch = _to_device(task.collate([train.examples[i] for i in idx]), device)
+        labels = train.labels[idx].to(device)
         with _augmented(model, batch, labels, hp, gen, aug_rng) as (batch, targets):
             logits = task.forward(model, batch)
             loss = sum(
@@ -549,7 +569,7 @@ def _augmented(
         yield _token_dropout(batch, hp["token_dropout"], gen), [(1.0, labels)]
     elif kind == "mixup":
         lam = rng.betavariate(hp["mixup_alpha"], hp["mixup_alpha"])
-        perm = torch.randperm(len(labels), generator=gen)
+        perm = torch.randperm(len(labels), generator=gen).to(labels.device)
         targets = [(lam, labels), (1.0 - lam, labels[perm])]
         if isinstance(batch, torch.Tensor) and batch.is_floating_point():
             yield lam * batch + (1.0 - lam) * batch[perm], targets
@@ -576,11 +596,11 @@ def _augmented(
 
 def _token_dropout(batch: Any, p: float, gen: torch.Generator) -> Any:
     if isinstance(batch, torch.Tensor) and batch.is_floating_point():
-        keep = (torch.rand(batch.shape, generator=gen) >= p).to(batch.dtype)
+        keep = (torch.rand(batch.shape, generator=gen) >= p).to(batch.device, batch.dtype)
         return batch * keep / (1.0 - p)
     if isinstance(batch, Mapping) and "attention_mask" in batch:
         mask = batch["attention_mask"]
-        keep = (torch.rand(mask.shape, generator=gen) >= p).to(mask.dtype)
+        keep = (torch.rand(mask.shape, generator=gen) >= p).to(mask.device, mask.dtype)
         keep[:, 0] = 1  # never drop the first token ([CLS]), so no text is emptied
         return {**batch, "attention_mask": mask * keep}
     raise SweepError(
@@ -631,6 +651,14 @@ def _build(task: Task) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TaskError(f"task {task.name!r}: build_model() returned {type(model).__name__}")
     return model
+
+
+def _to_device(batch: Any, device: str | torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def _state_of(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,11 +11,17 @@ A *source* is what gets evaluated:
 
 Logits are cached on disk per (source key, task/split fingerprint, example index), so an
 ingredient is evaluated once per split across commands and runs, whatever the batch size.
+
+Under ``torchrun`` every rank evaluates its own batches (whole batches of a single-process pass,
+split into contiguous blocks by :func:`modelsoup.distributed.shard_range`); the rows are gathered
+so that every rank holds the same logits as a single-process run, and only rank 0 writes the
+cache (see docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from modelsoup import distributed
 from modelsoup.errors import ModelSoupError, OutputError, TaskError
 from modelsoup.evaluation.cache import PredictionCache, atomic_write
 from modelsoup.evaluation.metrics import check_logits, compute_metrics
@@ -41,6 +48,7 @@ StateDict = Mapping[str, torch.Tensor]
 Source = Ingredient | Soup | tuple[str, Any] | StateDict
 
 MAX_LISTED = 10
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -68,14 +76,15 @@ class _Resolved:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is ``cuda`` when available, else ``cpu``; refuses an unavailable ``cuda``.
+    """``"auto"`` is ``cuda`` (this rank's GPU under torchrun) when available, else ``cpu``;
+    refuses an unavailable ``cuda``.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.resolve_device("auto")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelSoupError(f"device {device!r} requested but CUDA is not available")
@@ -92,7 +101,9 @@ class Evaluator:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         batch_size: evaluation batch size (default: ``task.batch_size``). It never changes
             cache keys.
-        progress: show tqdm progress bars.
+        progress: show tqdm progress bars (rank 0 only under torchrun).
+        precision: ``"fp32"``, or ``"bf16"`` (GPU only: forward passes under bfloat16 autocast;
+            cached apart from fp32 logits).
 
     Example:
         >>> ev = Evaluator(load_task("toy"))  # doctest: +SKIP
@@ -109,15 +120,26 @@ class Evaluator:
         device: str | torch.device = "cpu",
         batch_size: int | None = None,
         progress: bool = True,
+        precision: str = "fp32",
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise TaskError(f"batch size must be at least 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ModelSoupError(
+                f"unknown precision {precision!r} (valid: {', '.join(PRECISIONS)})"
+            )
         if cache_dir is None:
             from modelsoup.ingredients.digest import cache_dir as default_cache_dir
 
             cache_dir = default_cache_dir() / "predictions"
         self.task = task
         self.device = resolve_device(device)
+        if precision == "bf16" and self.device.type != "cuda":
+            raise ModelSoupError(
+                f"precision bf16 is for GPU evaluation; the device is {self.device} "
+                "(use --device cuda, or fp32 on a CPU)"
+            )
+        self.precision = precision
         self.batch_size = int(batch_size or task.batch_size)
         self.progress = progress
         self.cache = PredictionCache(Path(cache_dir))
@@ -133,15 +155,20 @@ class Evaluator:
         return tuple(dict.fromkeys((self.task.heldout, *self.task.report_splits)))
 
     def fingerprint(self, split: str) -> str:
-        """``task.fingerprint(split)``, computed once per evaluator."""
+        """``task.fingerprint(split)`` (folded with the precision unless fp32), computed once."""
         if split not in self._fingerprints:
-            self._fingerprints[split] = self.task.fingerprint(split)
+            fp = self.task.fingerprint(split)
+            if self.precision != "fp32":
+                fp = hashlib.sha256(f"{fp}|{self.precision}".encode()).hexdigest()
+            self._fingerprints[split] = fp
         return self._fingerprints[split]
 
     def logits(self, source: Source, split: str) -> torch.Tensor:
         """Logits ``[N, C]`` (float32, CPU) of ``source`` on every example of ``split``, in order.
 
-        Only examples missing from the cache are run through the model.
+        Only examples missing from the cache are run through the model. Under torchrun the
+        missing rows are split between the ranks and gathered: every rank returns the full
+        tensor, equal to a single-process run.
 
         Raises:
             TaskError: unknown or empty split, weights that do not fit the model, labels outside
@@ -157,9 +184,16 @@ class Evaluator:
         entry = self._cached(res, split, n)
         logits = None if entry is None else entry.logits.clone()
         have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
+        if distributed.active():  # a row is cached only if every rank's cache holds it
+            lacking = distributed.all_reduce_sum((~have).to(torch.int32))
+            have = lacking == 0
         missing = (~have).nonzero().flatten().tolist()
         self.stats.cached_examples += n - len(missing)
-        if missing:
+        if missing and distributed.active():
+            rows = self._sharded_forward(res, sp, missing)
+            logits, have = self._place(res, split, logits, have, missing, rows)
+            self._store(res, split, logits, have)
+        elif missing:
             model = self._predictor(res)
             with self._bar(len(missing), f"{res.name} · {split}") as bar:
                 for start in range(0, len(missing), self.batch_size):
@@ -202,6 +236,10 @@ class Evaluator:
         ``reached`` is ``True`` iff the full count is at least ``need``, and then ``correct``
         is the full count.
 
+        Under torchrun each rank scores a batch of its shard per round and the counts are
+        summed after every round, so every rank stops at the same round with the same answer
+        (``evaluated`` then counts the examples all ranks looked at).
+
         Returns:
             ``(reached, correct, evaluated)``: ``evaluated`` examples were looked at.
 
@@ -210,6 +248,8 @@ class Evaluator:
             (False, 120, 256)
         """
         res = self._resolve(source)
+        if distributed.active():
+            return self._count_correct_sharded(res, split, need)
         sp = self._split(split)
         n = len(sp)
         entry = self._cached(res, split, n)
@@ -338,8 +378,78 @@ class Evaluator:
     def _store(
         self, res: _Resolved, split: str, logits: torch.Tensor | None, have: torch.Tensor
     ) -> None:
+        """Cache the rows (rank 0 writes; under torchrun every rank calls this, then waits)."""
         if res.key is not None and logits is not None:
-            self.cache.save(res.key, self.fingerprint(split), logits, have)
+            if distributed.is_main():
+                self.cache.save(res.key, self.fingerprint(split), logits, have)
+            distributed.barrier()
+
+    def _sharded_forward(self, res: _Resolved, sp: Split, missing: list[int]) -> torch.Tensor:
+        """Run this rank's whole batches of ``missing`` and gather every rank's rows, in order."""
+        mine = distributed.shard_range(len(missing), block=self.batch_size)
+        idx = missing[mine.start : mine.stop]
+        outs = []
+        if idx:
+            model = self._predictor(res)
+            with self._bar(len(idx), f"{res.name} · {sp.name}") as bar:
+                for start in range(0, len(idx), self.batch_size):
+                    batch = idx[start : start + self.batch_size]
+                    outs.append(self._forward(model, sp, batch, res.name))
+                    bar.update(len(batch))
+        width = distributed.all_reduce_max(outs[0].shape[1] if outs else 0)
+        local = torch.cat(outs) if outs else torch.zeros(0, width)
+        return distributed.gather_rows(local, len(missing), block=self.batch_size)
+
+    def _count_correct_sharded(
+        self, res: _Resolved, split: str, need: int
+    ) -> tuple[bool, int, int]:
+        """:meth:`count_correct` under torchrun: global rounds of one batch per rank."""
+        sp = self._split(split)
+        n, size = len(sp), self.batch_size
+        mine = distributed.shard_range(n, block=size)
+        world = distributed.world_size()
+        rounds = max(
+            -(-len(distributed.shard_range(n, r, world, block=size)) // size) for r in range(world)
+        )
+        entry = self._cached(res, split, n)
+        logits = None if entry is None else entry.logits.clone()
+        have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
+        model = None
+        fresh = False
+        correct = evaluated = 0
+        starts = list(range(mine.start, mine.stop, size))
+        with self._bar(n, f"{res.name} · {split}") as bar:
+            for r in range(rounds):
+                counts = torch.zeros(2, dtype=torch.int64)
+                if r < len(starts):
+                    start, stop = starts[r], min(mine.stop, starts[r] + size)
+                    miss = ((~have[start:stop]).nonzero().flatten() + start).tolist()
+                    self.stats.cached_examples += stop - start - len(miss)
+                    if miss:
+                        if model is None:
+                            model = self._predictor(res)
+                        out = self._forward(model, sp, miss, res.name)
+                        logits, have = self._place(res, split, logits, have, miss, out)
+                        fresh = True
+                    rows = cast(torch.Tensor, logits)[start:stop]
+                    if not miss:
+                        _check_width(rows.shape[1], sp, res.name)
+                    hits = (rows.argmax(dim=-1) == sp.labels[start:stop]).sum()
+                    counts[0], counts[1] = int(hits), stop - start
+                distributed.all_reduce_sum(counts)
+                correct += int(counts[0])
+                evaluated += int(counts[1])
+                bar.update(int(counts[1]))
+                if correct + (n - evaluated) < need:
+                    break
+        if res.key is not None and distributed.all_reduce_max(int(fresh)):
+            width = distributed.all_reduce_max(0 if logits is None else logits.shape[1])
+            if logits is None:
+                logits = torch.zeros(n, width)
+            full = distributed.gather_rows(logits[mine.start : mine.stop], n, block=size)
+            full_have = distributed.gather_rows(have[mine.start : mine.stop], n, block=size)
+            self._store(res, split, full, full_have)
+        return correct >= need, correct, evaluated
 
     def _place(
         self,
@@ -362,7 +472,8 @@ class Evaluator:
         return _place(logits, have, idx, out)
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, unit="ex", desc=desc, disable=not self.progress, leave=False)
+        quiet = not self.progress or not distributed.is_main()
+        return tqdm(total=total, unit="ex", desc=desc, disable=quiet, leave=False)
 
     def _forward(self, model: nn.Module, split: Split, idx: list[int], name: str) -> torch.Tensor:
         examples = split.examples
@@ -375,7 +486,11 @@ class Evaluator:
             else:
                 batch = self.task.collate([examples[i] for i in idx])
             batch = _to_device(batch, self.device)
-            with torch.inference_mode():
+            bf16 = self.precision == "bf16"
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16),
+            ):
                 out = self.task.forward(model, batch)
         except ModelSoupError:
             raise

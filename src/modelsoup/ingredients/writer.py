@@ -17,6 +17,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,10 @@ class _BackgroundWriter:
     """Writes, hashes and syncs one file in a thread, while the caller computes what comes next.
 
     The queue holds at most one buffer, so at most two tensors beyond the one being computed
-    are alive. Every :data:`SYNC_EVERY` bytes the data is synced, so the disk works while the
-    soup is being mixed and the final fsync has little left to do. An error in the thread is
-    raised in the caller at its next :meth:`put` or at the end.
+    are alive. Each buffer is hashed by a second thread while it is written (``hashlib`` and
+    ``write`` release the GIL). Every :data:`SYNC_EVERY` bytes the data is synced, so the disk
+    works while the soup is being mixed and the final fsync has little left to do. An error
+    in the thread is raised in the caller at its next :meth:`put` or at the end.
     """
 
     def __init__(self, f: Any) -> None:
@@ -277,6 +279,7 @@ class _BackgroundWriter:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="modelsoup-writer", daemon=True)
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="modelsoup-hash")
 
     def __enter__(self) -> _BackgroundWriter:
         self._thread.start()
@@ -293,6 +296,7 @@ class _BackgroundWriter:
     def __exit__(self, kind: type | None, *_: Any) -> None:
         self._queue.put(None)  # the thread drains the queue even after an error
         self._thread.join()
+        self._hasher.shutdown()
         if kind is None and self._error is not None:
             raise self._error
 
@@ -302,8 +306,11 @@ class _BackgroundWriter:
         drained = False
         try:
             while (data := self._queue.get()) is not None:
-                f.write(data)
-                self._hash.update(data)
+                hashed = self._hasher.submit(self._hash.update, data)
+                try:
+                    f.write(data)
+                finally:
+                    hashed.result()
                 pending += len(data)
                 if pending >= SYNC_EVERY:
                     f.flush()

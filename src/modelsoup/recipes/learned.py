@@ -8,6 +8,11 @@ Two ways to get the gradient (see :mod:`modelsoup.recipes.learned_grad`): ``memo
 ingredient in RAM; ``streaming`` holds one ingredient tensor at a time, so memory does not grow
 with the number of ingredients. ``auto`` picks ``memory`` when k stacked fp32 copies of the model
 fit the budget.
+
+Under ``torchrun`` the fit is data-parallel: every minibatch is split between the ranks, each
+computes the loss and ``dL/dalpha`` (in streaming mode: the dot products of its gradient with each
+ingredient) on its share, and one all-reduce adds them up, weighted by the shares' sizes, so every
+rank takes the same AdamW step as a single process would (up to float rounding).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from modelsoup import distributed
 from modelsoup.engine import Mixture
 from modelsoup.errors import NonFiniteError, TaskError
 from modelsoup.evaluation.task import Split, Task
@@ -199,6 +205,61 @@ def _batches(
         yield task.collate([split.examples[i] for i in idx]), split.labels[idx]
 
 
+def _rank_batches(
+    task: Task, split: Split, batch_size: int, order: torch.Tensor | None = None
+) -> Iterator[tuple[Any, torch.Tensor, int]]:
+    """This rank's share of each minibatch of :func:`_batches`: ``(batch, labels, full size)``;
+    ``batch`` is ``None`` when the share is empty (a minibatch smaller than the world)."""
+    order = torch.arange(len(split)) if order is None else order
+    for start in range(0, len(split), batch_size):
+        idx = order[start : start + batch_size].tolist()
+        mine = distributed.shard_range(len(idx))
+        part = idx[mine.start : mine.stop]
+        batch = task.collate([split.examples[i] for i in part]) if part else None
+        yield batch, split.labels[part], len(idx)
+
+
+def _heldout_loss(
+    objective: SoupObjective,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    task: Task,
+    heldout: Split,
+    batch_size: int,
+) -> float:
+    """Mean held-out loss; under torchrun every rank scores its share and the sums are added."""
+    if not distributed.active():
+        return objective.heldout_loss(alpha, beta, _batches(task, heldout, batch_size))
+    shares = (
+        (batch, labels)
+        for batch, labels, _ in _rank_batches(task, heldout, batch_size)
+        if batch is not None
+    )
+    total, count = objective.heldout_sums(alpha, beta, shares)
+    sums = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64))
+    return float(sums[0] / sums[1])
+
+
+def _step_grad(
+    objective: SoupObjective,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    share: tuple[Any, torch.Tensor, int],
+) -> tuple[float, torch.Tensor, float]:
+    """Loss and gradients of one minibatch from every rank's share, weighted by share size."""
+    batch, labels, size = share
+    if batch is None:
+        loss, d_alpha, d_beta = 0.0, torch.zeros(objective.shape, dtype=torch.float64), 0.0
+    else:
+        loss, d_alpha, d_beta = objective.loss_and_grad(alpha, beta, batch, labels)
+    w = len(labels) / size
+    packed = torch.cat(
+        [torch.tensor([loss * w, d_beta * w], dtype=torch.float64), d_alpha.flatten() * w]
+    )
+    distributed.all_reduce_sum(packed)
+    return float(packed[0]), packed[2:].view(objective.shape).clone(), float(packed[1])
+
+
 def _alpha(logits: torch.Tensor, param: str) -> torch.Tensor:
     return torch.softmax(logits, dim=1) if param == "softmax" else logits
 
@@ -219,9 +280,8 @@ def _fit(
     optimizer = torch.optim.AdamW([logits, beta], lr=opts.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(opts.seed)
 
-    initial = objective.heldout_loss(
-        _alpha(logits, opts.param), beta, _batches(task, heldout, batch_size)
-    )
+    initial = _heldout_loss(objective, _alpha(logits, opts.param), beta, task, heldout, batch_size)
+    parallel = distributed.active()
     _check_finite(initial, 0, "the uniform soup, before any step")
     losses: list[float] = []
     seconds: list[float] = []
@@ -229,9 +289,13 @@ def _fit(
         start = time.perf_counter()
         order = torch.randperm(len(heldout), generator=generator)
         first = len(losses)
-        for b, (batch, labels) in enumerate(_batches(task, heldout, batch_size, order)):
+        batches = (_rank_batches if parallel else _batches)(task, heldout, batch_size, order)
+        for b, item in enumerate(batches):
             alpha = _alpha(logits, opts.param)
-            loss, d_alpha, d_beta = objective.loss_and_grad(alpha, beta, batch, labels)
+            if parallel:
+                loss, d_alpha, d_beta = _step_grad(objective, alpha, beta, item)
+            else:
+                loss, d_alpha, d_beta = objective.loss_and_grad(alpha, beta, *item)
             step = len(losses) + 1
             if not (math.isfinite(d_beta) and bool(torch.isfinite(d_alpha).all())):
                 loss = math.nan
@@ -248,7 +312,11 @@ def _fit(
             f"mean loss {sum(epoch_losses) / len(epoch_losses):.4f}"
         )
     alpha = _alpha(logits, opts.param).detach()
-    final = objective.heldout_loss(alpha, beta, _batches(task, heldout, batch_size))
+    if parallel:  # every rank took the same steps; rank 0's weights make that exact
+        alpha, fitted = distributed.broadcast_object((alpha, beta.detach()))
+        with torch.no_grad():
+            beta.copy_(fitted)
+    final = _heldout_loss(objective, alpha, beta, task, heldout, batch_size)
     _check_finite(final, len(losses), "the fitted soup, after the last step")
     return {
         "alpha": alpha,

@@ -104,18 +104,26 @@ class SoupObjective(ABC):
     def tensors(self, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
         """The soup at ``alpha`` as ``{name: tensor}`` (tied aliases left out)."""
 
-    @torch.no_grad()
     def heldout_loss(
         self, alpha: torch.Tensor, beta: torch.Tensor, batches: Iterable[tuple[Any, torch.Tensor]]
     ) -> float:
         """Mean cross-entropy of ``beta * f(x; theta(alpha))`` over ``(batch, labels)`` pairs."""
+        total, count = self.heldout_sums(alpha, beta, batches)
+        return total / count
+
+    @torch.no_grad()
+    def heldout_sums(
+        self, alpha: torch.Tensor, beta: torch.Tensor, batches: Iterable[tuple[Any, torch.Tensor]]
+    ) -> tuple[float, int]:
+        """Summed cross-entropy and example count over ``(batch, labels)`` pairs (for ranks to
+        add up under torchrun)."""
         tensors = self.tensors(alpha.detach())
         b = beta.detach().to(self.device, torch.float32)
         total, count = 0.0, 0
         for batch, labels in batches:
             total += float(self._loss(tensors, b, batch, labels)) * len(labels)
             count += len(labels)
-        return total / count
+        return total, count
 
     def _top(self, alpha: torch.Tensor) -> dict[str, int]:
         """For each integer tensor, the ingredient it is taken from (largest weight, first on ties)."""
