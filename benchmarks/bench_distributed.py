@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, Table, bench_dir, interleaved, log, run  # noqa: E402
+from common import PYTHON, Table, bench_dir, interleaved, loadavg, log, run  # noqa: E402
 
 PROSE = """
 Sharded evaluation under `torchrun` (gloo on the CPU): every rank evaluates whole batches of
@@ -92,7 +92,9 @@ def bench(quick: bool = False, repeats: int = 3) -> list[Table]:
         "torchrun, 2 processes x 1 thread": lambda: run([*torchrun, script, *args, "1"], env=env),
     }
     log(f"distributed evaluation ({size} MLP, k={k}), {repeats} interleaved repeats")
+    load_before = loadavg()
     stats = interleaved(configs, repeats)
+    load_after = loadavg()
     base = stats["1 process, 1 thread"]
     reference = base.extra[0]
     rows = []
@@ -133,7 +135,8 @@ def bench(quick: bool = False, repeats: int = 3) -> list[Table]:
             f"An MLP ({'128-512-512-10' if quick else '256-1024-1024-10'}), k = {k} "
             f"ingredients, held-out and test splits of 8,192 examples each, batch 256, an empty "
             f"cache; medians of {repeats} interleaved runs on this {os.cpu_count()}-core "
-            "machine (shared with other work, so expect noise). 'evaluate' and 'greedy' are "
+            f"machine, shared with other work (load average {load_before} before, "
+            f"{load_after} after), so expect noise. 'evaluate' and 'greedy' are "
             "timed inside the workers between barriers; the last time column is the whole "
             "child process (Python and torch import, rendezvous). 'same results': every run "
             "chose the same greedy soup and gave the same per-ingredient accuracies as the "

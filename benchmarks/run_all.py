@@ -11,6 +11,8 @@ Generated checkpoints, virtualenvs and outputs go to $MODELSOUP_BENCH_DIR (defau
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,6 +32,7 @@ import bench_uniform  # noqa: E402
 from common import HERE, PYTHON, REPO, RESULTS, THREADS, Table, bench_dir, loadavg, log, machine  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
+SAVED = RESULTS / "sections.json"  # every section's last tables, so --only can rerun a few
 
 OPTIMIZATIONS = """
 What changed in the library to reach these numbers (each found by profiling `cook uniform`, k = 8
@@ -87,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes (minutes, not half an hour)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
-    parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections to rerun ({', '.join(SECTIONS)}); the others keep "
+        "their last results",
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help="where to write the markdown")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
@@ -95,37 +104,63 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    info = machine()
-    load_before = loadavg()
-    started = time.perf_counter()
-    results: dict[str, list[Table] | str] = {}
+    saved = _load_sections() if args.only else {}
     for key in chosen:
         title, fn, _prose = SECTIONS[key]
         log(f"=== {title}")
+        entry: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "load_before": loadavg(),
+        }
+        started = time.perf_counter()
         try:
-            results[key] = fn(args.quick, args.repeats)
+            res = fn(args.quick, args.repeats)
         except Exception:
-            results[key] = f"failed:\n\n```\n{traceback.format_exc()[-3000:]}\n```"
+            res = f"failed:\n\n```\n{traceback.format_exc()[-3000:]}\n```"
             log(f"{title} failed:\n{traceback.format_exc()}")
-        for table in results[key] if isinstance(results[key], list) else []:
-            table.write_csv()
-    elapsed = time.perf_counter() - started
-    doc = render(results, info, load_before, loadavg(), elapsed, args)
+        entry["minutes"] = (time.perf_counter() - started) / 60
+        entry["load_after"] = loadavg()
+        if isinstance(res, list):
+            for table in res:
+                table.write_csv()
+            entry["tables"] = [dataclasses.asdict(t) for t in res]
+        else:
+            entry["text"] = res
+        saved[key] = entry
+    SAVED.parent.mkdir(parents=True, exist_ok=True)
+    SAVED.write_text(json.dumps(saved, indent=1) + "\n")
+    doc = render(saved, machine())
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(doc)
-    log(f"wrote {args.doc} and {RESULTS}/ in {elapsed / 60:.1f} min")
+    log(f"wrote {args.doc} and {RESULTS}/")
     return 0
 
 
-def render(
-    results: dict[str, list[Table] | str],
-    info: dict[str, str],
-    load_before: str,
-    load_after: str,
-    elapsed: float,
-    args: argparse.Namespace,
-) -> str:
-    mode = "--quick (small sizes)" if args.quick else "full sizes"
+def _load_sections() -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads(SAVED.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tables(entry: dict[str, Any]) -> list[Table] | str:
+    if "tables" in entry:
+        return [
+            Table(**{**t, "targets": [tuple(x) for x in t["targets"]]}) for t in entry["tables"]
+        ]
+    return str(entry.get("text", ""))
+
+
+def render(saved: dict[str, dict[str, Any]], info: dict[str, str]) -> str:
+    entries = [(key, saved[key]) for key in SECTIONS if key in saved]
+    runs = "; ".join(
+        f"{SECTIONS[k][0].lower()}: {e['date']}, "
+        f"{'--quick' if e['quick'] else 'full sizes'}, {e['repeats']} repeat(s), "
+        f"{e['minutes']:.1f} min, load {e['load_before']} -> {e['load_after']}"
+        for k, e in entries
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -135,15 +170,14 @@ def render(
         "",
         "## How these were measured",
         "",
-        f"- Run: {info['date']}, {mode}, {args.repeats} repeat(s), {elapsed / 60:.1f} min in all.",
+        f"- Runs (date, sizes, repeats, duration, load average 1/5/15 min before -> after): {runs}.",
         f"- Machine: {info['cpu']}, {info['nproc']} cores, {info['ram']} RAM, {info['os']}.",
         f"- Versions: Python {info['python']}, modelsoup {info['modelsoup']} (git "
-        f"{info.get('git', '?')}), torch {info['torch']}, safetensors {info['safetensors']}, "
-        f"numpy {info['numpy']}, transformers {info['transformers']}.",
-        f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine",
-        "  was shared with other jobs, so absolute timings are noisy: configurations compared",
-        "  in a ratio run interleaved (A B C A B C ...), each in a fresh process unless noted,",
-        "  and tables show the median.",
+        f"{info.get('git', '?')} plus the working tree), torch {info['torch']}, safetensors "
+        f"{info['safetensors']}, numpy {info['numpy']}, transformers {info['transformers']}.",
+        "- The machine was shared with other jobs (see the load averages), so absolute timings",
+        "  are noisy: configurations compared in a ratio run interleaved (A B C A B C ...),",
+        "  each in a fresh process unless noted, and tables show the median.",
         f"- Throughput workers (evaluation, greedy, sweep) run torch on {THREADS} intra-op "
         f"thread{'s' if THREADS > 1 else ''} on both",
         "  sides of each ratio: on a busy machine a two-thread op waits for whichever of its",
@@ -153,6 +187,7 @@ def render(
         f"- Scratch data (generated checkpoints, mergekit's virtualenv): `{bench_dir()}`.",
         "",
     ]
+    results = {key: _tables(entry) for key, entry in entries}
     summary = []
     for key, res in results.items():
         if isinstance(res, list):

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from modelsoup.engine import Mixture, mix
 from modelsoup.ingredients import Ingredient
 from modelsoup.ingredients.ingredient import prefetch_digests
 from modelsoup.ingredients.writer import DEFAULT_MAX_SHARD, check_output, write_soup
+
+if TYPE_CHECKING:
+    from modelsoup.journal import Journal
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Soup:
     info: dict[str, Any] = field(default_factory=dict)
     accumulate: torch.dtype = torch.float32
     allow_nonfinite: bool = False
+    #: the recipe's journal, removed once the soup is saved (see :func:`cook_soup`)
+    journal: Journal | None = field(default=None, repr=False, compare=False)
 
     @property
     def used(self) -> list[Ingredient]:
@@ -99,6 +104,7 @@ class Soup:
         """Write ``out/model.safetensors`` (or shards), ``soup.json`` and ``README.md``.
 
         Returns the sha256 digest of the weights. Refuses to overwrite inputs or outputs.
+        Once the soup is written, the recipe's journal (if any) is removed.
         """
         out = Path(out)
         check_output(out, self.ingredients, overwrite=overwrite)
@@ -114,7 +120,7 @@ class Soup:
             digests()
             return self.manifest()
 
-        return write_soup(
+        digest = write_soup(
             out,
             self.tensors(),
             self.ingredients[0].tensor_infos,
@@ -126,6 +132,9 @@ class Soup:
             overwrite=overwrite,
             progress=progress,
         )
+        if self.journal is not None:
+            self.journal.remove()
+        return digest
 
 
 def render_card(manifest: dict[str, Any]) -> str:
@@ -171,6 +180,7 @@ def cook_soup(
     log: Callable[[str], None] | None = None,
     accumulate: torch.dtype = torch.float32,
     allow_nonfinite: bool = False,
+    journal: bool = False,
     **options: Any,
 ) -> Soup:
     """Decide a mixture with the named recipe and return the :class:`Soup`.
@@ -182,6 +192,9 @@ def cook_soup(
             held-out data (greedy, learned).
         accumulate: ``torch.float32`` or ``torch.float64``.
         allow_nonfinite: accept NaN/Inf in ingredients.
+        journal: let a recipe that chooses on held-out data (greedy, learned) save its progress
+            in a journal (:mod:`modelsoup.journal`), resume from it when the same call was
+            interrupted, and remove it when :meth:`Soup.save` has written the soup.
         **options: the recipe's options (e.g. ``weights=(1, 2)`` for ``weighted``).
 
     Example:
@@ -197,6 +210,10 @@ def cook_soup(
     ingredients = list(ingredients)
     recipe.check(ingredients, context)
     check_compatible(ingredients)
+    if journal and recipe.needs_task:
+        from modelsoup.journal import recipe_journal
+
+        context.journal = recipe_journal(recipe, ingredients, evaluator)
     decision = recipe.decide(ingredients, context)
     return Soup(
         recipe_name,
@@ -206,4 +223,5 @@ def cook_soup(
         info=decision.info,
         accumulate=accumulate,
         allow_nonfinite=allow_nonfinite,
+        journal=context.journal,
     )

@@ -172,6 +172,7 @@ def cook_to_disk(
         log=log,
         accumulate=torch.float64 if accumulate == "fp64" else torch.float32,
         allow_nonfinite=allow_nonfinite,
+        journal=True,  # greedy and learned resume after a crash; removed once the soup is saved
         **options,
     )
     digest = ""

@@ -260,18 +260,19 @@ def load_drugs() -> TextSet:
     return TextSet("drugs", texts, tuple(int(r == "positive") for r in df["rating"]))
 
 
-def split_by_group(data: TextSet, sizes: dict[str, int], seed: int) -> dict[str, TextSet]:
+def split_by_group(data: TextSet, groups_per_part: dict[str, int], seed: int) -> dict[str, TextSet]:
     """Split ``data`` so that no group (movie) appears in two parts.
 
-    Groups are taken in a seeded random order and given to each named part until it holds at
-    least its size; the part is then cut to exactly that size. Every remaining group goes to
-    the part named ``"rest"``.
+    Groups are shuffled by ``seed``; each named part gets the next ``groups_per_part[name]``
+    groups, with all their texts, and every remaining group goes to the part named ``"rest"``.
+    Subsample a part afterwards (:meth:`TextSet.sample`) to spread a fixed number of texts over
+    many groups: texts of one group are alike, so many groups make a more representative split.
 
     Raises:
-        TaskError: ``data`` has no groups, or there are too few to fill the parts.
+        TaskError: ``data`` has no groups, or there are fewer groups than the parts ask for.
 
     Example:
-        >>> parts = split_by_group(load_rotten_tomatoes(), {"test": 1000}, seed=0)  # doctest: +SKIP
+        >>> parts = split_by_group(load_rotten_tomatoes(), {"test": 100}, seed=0)  # doctest: +SKIP
         >>> set(parts["test"].groups) & set(parts["rest"].groups)  # doctest: +SKIP
         set()
     """
@@ -281,20 +282,19 @@ def split_by_group(data: TextSet, sizes: dict[str, int], seed: int) -> dict[str,
     for i, g in enumerate(data.groups):
         by_group.setdefault(g, []).append(i)
     groups = sorted(by_group)
+    wanted = sum(groups_per_part.values())
+    if wanted > len(groups):
+        raise TaskError(
+            f"data {data.name!r} has {len(groups)} groups, too few for {wanted} "
+            f"({', '.join(f'{k}: {v}' for k, v in groups_per_part.items())})"
+        )
     random.Random(f"groups:{data.name}:{seed}").shuffle(groups)
     parts: dict[str, TextSet] = {}
     cursor = 0
-    for name, size in sizes.items():
-        taken: list[int] = []
-        while len(taken) < size and cursor < len(groups):
-            taken.extend(by_group[groups[cursor]])
-            cursor += 1
-        if len(taken) < size:
-            raise TaskError(
-                f"data {data.name!r}: too few groups to give {size} examples to {name!r}"
-            )
-        rng = random.Random(f"cut:{data.name}:{name}:{seed}")
-        parts[name] = data.subset(sorted(rng.sample(taken, size)), name)
+    for name, count in groups_per_part.items():
+        chosen = groups[cursor : cursor + count]
+        cursor += count
+        parts[name] = data.subset(sorted(i for g in chosen for i in by_group[g]), name)
     parts["rest"] = data.subset(sorted(i for g in groups[cursor:] for i in by_group[g]), "rest")
     return parts
 

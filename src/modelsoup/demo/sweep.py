@@ -16,7 +16,8 @@
 Trial ``i``'s hyperparameters depend only on ``(seed, i)`` and it seeds torch from them, so a
 rerun makes bitwise the same trials, and ``--trials`` can grow a finished sweep. Every file is
 written to a temporary name and renamed into place (the sidecar first, the weights last), so a
-killed sweep never leaves a trial that looks finished; a rerun skips finished trials.
+killed sweep never leaves a trial that looks finished; a rerun skips finished trials, retrains
+the others (bitwise the same) and removes the temporary files a killed run left.
 
 Under ``torchrun`` (``run_dir`` on a file system every rank sees) rank 0 writes ``sweep.json``
 and the init, the unfinished trials are dealt round-robin to the ranks, each rank writes the
@@ -56,6 +57,7 @@ from torch.nn import functional as F
 from modelsoup import distributed
 from modelsoup.errors import ModelSoupError, RunDirError, TaskError
 from modelsoup.evaluation.task import Task
+from modelsoup.journal import kill_point, partial_prefix, remove_stale_partials
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +288,7 @@ def run_sweep(
             state, record = train_trial(task, init_state, options, plans[i], bar=bar, device=device)
             record.update({"kind": "trial", "trial": i, "init_sha256": init_digest})
             _save(trial_paths[i], state, record, identity["key"])
+            kill_point("sweep-trial")
             say(
                 f"trial {i}: lr {record['hparams']['lr']:.2e}, {record['steps']} steps, "
                 f"final loss {record['final_loss']:.3f}, {record['wall_time_s']:.0f}s"
@@ -493,6 +496,7 @@ def train_trial(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}" if curve else "-", refresh=False)
+        kill_point("sweep-step")
     record = {
         "hparams": hp,
         "steps": steps,
@@ -680,8 +684,14 @@ def _identity(task: Task, options: SweepOptions) -> dict[str, Any]:
 
 
 def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
-    """Write ``sweep.json`` in a new run dir, or check that the existing one matches."""
+    """Write ``sweep.json`` in a new run dir, or check that the existing one matches.
+
+    Temporary files that a killed run left (``.*.partial``) are removed when their process is
+    gone, and never count as content.
+    """
     path = run_dir / SWEEP_FILE
+    for folder in (run_dir, run_dir / TRIALS_DIR):
+        remove_stale_partials(folder)
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -694,7 +704,7 @@ def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
                 "use another run directory (-o) or the same settings"
             )
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(not _temporary(p.name) for p in run_dir.iterdir()):
         raise RunDirError(
             f"{run_dir} exists, is not empty and holds no {SWEEP_FILE}; use another run directory"
         )
@@ -730,7 +740,12 @@ def _save(path: Path, state: Mapping[str, torch.Tensor], record: dict[str, Any],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     _atomic_write(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    kill_point("sweep-sidecar")
     _atomic_write(path, data)
+
+
+def _temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".partial")
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
@@ -757,7 +772,7 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:

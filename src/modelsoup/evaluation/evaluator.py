@@ -40,6 +40,7 @@ from modelsoup.evaluation.cache import PredictionCache, atomic_write
 from modelsoup.evaluation.metrics import check_logits, compute_metrics
 from modelsoup.evaluation.task import Split, Task, default_collate
 from modelsoup.ingredients import Ingredient
+from modelsoup.journal import kill_point
 from modelsoup.soup import Soup
 
 log = logging.getLogger(__name__)
@@ -383,6 +384,7 @@ class Evaluator:
             if distributed.is_main():
                 self.cache.save(res.key, self.fingerprint(split), logits, have)
             distributed.barrier()
+            kill_point("cache-store")
 
     def _sharded_forward(self, res: _Resolved, sp: Split, missing: list[int]) -> torch.Tensor:
         """Run this rank's whole batches of ``missing`` and gather every rank's rows, in order."""
@@ -508,6 +510,7 @@ class Evaluator:
         self.stats.forward_examples += len(idx)
         self.stats.forward_batches += 1
         _check_width(out.shape[1], split, name)
+        kill_point("evaluate-batch")
         return out.detach().float().cpu()
 
 
@@ -623,10 +626,12 @@ class EvaluationTable:
         return header, rows
 
     def write(self, run_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-        """Write ``evaluation.json`` and ``evaluation.csv`` into ``run_dir`` (atomically)."""
+        """Write ``evaluation.csv`` then ``evaluation.json`` into ``run_dir``, each atomically;
+        the JSON, written last, marks a complete evaluation."""
         paths = check_evaluation_output(run_dir, overwrite=overwrite)
-        atomic_write(paths[0], json.dumps(self.to_json(), indent=2) + "\n")
         atomic_write(paths[1], self.to_csv())
+        kill_point("evaluation-csv")
+        atomic_write(paths[0], json.dumps(self.to_json(), indent=2) + "\n")
         return paths
 
 
@@ -636,6 +641,9 @@ EVALUATION_FILES = ("evaluation.json", "evaluation.csv")
 def check_evaluation_output(run_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
     """The output paths in ``run_dir``; refuses existing ones unless ``overwrite``.
 
+    ``evaluation.json`` is written last: an ``evaluation.csv`` without it is what an interrupted
+    run left, and is replaced.
+
     Example:
         >>> check_evaluation_output("runs/new")  # doctest: +SKIP
         [PosixPath('runs/new/evaluation.json'), PosixPath('runs/new/evaluation.csv')]
@@ -644,7 +652,7 @@ def check_evaluation_output(run_dir: str | Path, *, overwrite: bool = False) -> 
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"{run_dir}: exists and is not a directory")
     paths = [run_dir / f for f in EVALUATION_FILES]
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in paths if p.exists()] if paths[0].exists() else []
     if existing and not overwrite:
         raise OutputError(f"{', '.join(existing)}: already exists (pass --overwrite to replace)")
     return paths

@@ -1,7 +1,8 @@
 """Write a soup safely: streamed safetensors (sharded when large), manifest and soup card.
 
 Everything is written into a hidden temporary directory beside the output, fsynced, and renamed
-into place at the end, with the manifest (``soup.json``) written last. An output that equals an
+into place at the end, with the manifest (``soup.json``) written last. The temporary directory
+names its process, so the next write of the same output removes what a killed one left. An output that equals an
 input, or that already exists (without ``overwrite``), is refused before any work.
 """
 
@@ -28,6 +29,7 @@ from modelsoup.ingredients.digest import combine_digests
 from modelsoup.ingredients.dtypes import from_torch
 from modelsoup.ingredients.ingredient import Ingredient
 from modelsoup.ingredients.tensor_info import TensorInfo
+from modelsoup.journal import kill_point, partial_prefix, remove_stale_partials
 
 DEFAULT_MAX_SHARD = 5 * 10**9
 #: the background writer syncs to disk every this many bytes, so that the final fsync is short
@@ -141,7 +143,10 @@ def write_soup(
     created = _missing_dirs(out.parent)  # removed again if the write fails
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        remove_stale_partials(out.parent, out.name)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=partial_prefix(out.name), suffix=".partial", dir=out.parent)
+        )
     except OSError as e:
         _remove_dirs(created)
         raise OutputError(
@@ -253,6 +258,7 @@ def _write_weights(
                 if progress is not None:
                     progress(info.nbytes)
         digests.append((file_name, sink.hexdigest()))
+        kill_point("write-weights")
     weight_map = None
     if n > 1:
         weight_map = {name: file for file, shard in zip(names, shards) for name in shard}

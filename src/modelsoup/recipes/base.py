@@ -19,6 +19,7 @@ from modelsoup.ingredients import Ingredient
 
 if TYPE_CHECKING:
     from modelsoup.evaluation.evaluator import Evaluator
+    from modelsoup.journal import Journal
 
 PAPER_URL = "https://arxiv.org/abs/2203.05482"
 
@@ -32,10 +33,12 @@ class RecipeOptions(BaseModel):
 @dataclass
 class RecipeContext:
     """What a recipe may use besides the ingredients: the evaluator (and its task) for recipes
-    that choose on held-out data, and a logger."""
+    that choose on held-out data, a logger, and a journal in which a long recipe saves its
+    progress so that a rerun after a crash resumes (see :mod:`modelsoup.journal`)."""
 
     evaluator: Evaluator | None = None
     log: Callable[[str], None] = lambda message: None
+    journal: Journal | None = None
 
 
 @dataclass

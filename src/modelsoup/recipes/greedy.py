@@ -8,6 +8,10 @@ when its held-out score is ``>=`` (paper) or ``>`` (official code) the current s
 With accuracy as the held-out metric, *exact early rejection* stops scoring a candidate as soon
 as it cannot reach the threshold even if every remaining example were correct: the selection is
 identical to full evaluation, and ``info["examples_saved"]`` says how much work it spared.
+
+With a journal (``modelsoup cook`` keeps one, see :mod:`modelsoup.journal`) the trajectory is
+saved after every candidate; a rerun after a crash rebuilds the running sum from the accepted
+members, in the same order (so bitwise the same), and goes on with the next candidate.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from modelsoup.engine import Mixture
 from modelsoup.errors import RecipeError
 from modelsoup.ingredients import Ingredient
 from modelsoup.ingredients.dtypes import to_torch
+from modelsoup.journal import kill_point
 from modelsoup.recipes.base import Decision, Recipe, RecipeContext, RecipeOptions, register
 
 CANDIDATE_KEY = "greedy-running-sum"
@@ -122,30 +127,49 @@ class GreedySoup(Recipe):
         k = len(ingredients)
         names = [ing.name for ing in ingredients]
 
-        individual = []
-        for ing in ingredients:
-            m = ev.metrics(ev.logits(ing, split), split)
-            individual.append(m)
-            context.log(f"greedy: {ing.name}: held-out {metric} {100 * m['score']:.2f}%")
-        if opts.order == "sorted":
-            rank = [m["correct"] if exact else m["score"] for m in individual]
-            order = sorted(range(k), key=lambda i: -rank[i])
-        else:
-            order = list(range(k))
-            random.Random(opts.seed).shuffle(order)
+        journal = context.journal
+        resumed = journal.load() if journal is not None else None
         early = opts.early_rejection and exact
         if opts.early_rejection and not exact:
             context.log(f"greedy: early rejection needs accuracy, not {metric}; scoring fully")
-
         running = RunningSum(ingredients)
-        first = order[0]
-        running.add(first)
-        score, hits = individual[first]["score"], individual[first]["correct"]
-        trajectory: list[dict[str, Any]] = [
-            _step(names[first], first, score, True, 0, 1, from_individual=True)
-        ]
-        context.log(f"greedy: start with {names[first]} ({100 * score:.2f}%)")
-        for i in order[1:]:
+        if resumed is not None:
+            individual, order = resumed["individual"], resumed["order"]
+            trajectory: list[dict[str, Any]] = resumed["trajectory"]
+            score, hits = resumed["score"], resumed["hits"]
+            for i in resumed["members"]:  # the order of acceptance: bitwise the same sum
+                running.add(i)
+            context.log(
+                f"greedy: resuming from the journal after {len(trajectory)} of {k} ingredients "
+                f"({len(running.members)} accepted, {100 * score:.2f}%)"
+            )
+        else:
+            individual = []
+            for ing in ingredients:
+                m = ev.metrics(ev.logits(ing, split), split)
+                individual.append(m)
+                context.log(f"greedy: {ing.name}: held-out {metric} {100 * m['score']:.2f}%")
+            if opts.order == "sorted":
+                rank = [m["correct"] if exact else m["score"] for m in individual]
+                order = sorted(range(k), key=lambda i: -rank[i])
+            else:
+                order = list(range(k))
+                random.Random(opts.seed).shuffle(order)
+            first = order[0]
+            running.add(first)
+            score, hits = individual[first]["score"], individual[first]["correct"]
+            trajectory = [_step(names[first], first, score, True, 0, 1, from_individual=True)]
+            context.log(f"greedy: start with {names[first]} ({100 * score:.2f}%)")
+
+        def save() -> None:
+            if journal is not None:
+                state = {"individual": individual, "order": order, "trajectory": trajectory}
+                journal.save({**state, "members": running.members, "score": score, "hits": hits})
+            kill_point("greedy-step")
+
+        if resumed is None:
+            save()
+        for i in order[len(trajectory) :]:
             source = (running.key(i), lambda i=i: running.candidate(i))
             if early:
                 need = hits + (1 if opts.rule == ">" else 0)
@@ -167,6 +191,7 @@ class GreedySoup(Recipe):
                 f"greedy: + {names[i]}: {shown} ({evaluated}/{n} examples) -> "
                 f"{'accepted' if accepted else 'rejected'}"
             )
+            save()
 
         chosen = sorted(running.members)
         evaluated_total = sum(step["evaluated_examples"] for step in trajectory)

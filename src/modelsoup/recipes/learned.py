@@ -13,6 +13,13 @@ Under ``torchrun`` the fit is data-parallel: every minibatch is split between th
 computes the loss and ``dL/dalpha`` (in streaming mode: the dot products of its gradient with each
 ingredient) on its share, and one all-reduce adds them up, weighted by the shares' sizes, so every
 rank takes the same AdamW step as a single process would (up to float rounding).
+
+With a journal (``modelsoup cook`` keeps one, see :mod:`modelsoup.journal`) the fit saves its
+state every ``journal_every`` steps and at the end of every epoch: alpha's logits, beta, the AdamW
+state, the position (epoch, batch), the loss curve and the batch-order generator's state at the
+start of the epoch. A rerun after a crash restores it and takes bitwise the same steps as an
+uninterrupted run; once the fit is done its result is saved, so a crash while the soup is being
+written does not refit.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -31,6 +38,7 @@ from modelsoup.engine import Mixture
 from modelsoup.errors import NonFiniteError, TaskError
 from modelsoup.evaluation.task import Split, Task
 from modelsoup.ingredients import Ingredient
+from modelsoup.journal import kill_point
 from modelsoup.recipes.base import Decision, Recipe, RecipeContext, RecipeOptions, register
 from modelsoup.recipes.layer_groups import make_groups
 from modelsoup.recipes.learned_grad import (
@@ -69,6 +77,12 @@ class LearnedOptions(RecipeOptions):
         0.0, ge=0, description="RAM budget for --mode auto, in GB (0: half the available RAM)."
     )
     seed: int = Field(0, description="Seed of the minibatch order.")
+    journal_every: int = Field(
+        1,
+        ge=1,
+        description="With a journal (modelsoup cook): save the fit's progress every N steps "
+        "(and after every epoch), so that a rerun after a crash resumes.",
+    )
 
     @field_validator("groups", mode="before")
     @classmethod
@@ -105,15 +119,27 @@ class LearnedSoup(Recipe):
         names, aliases = resolve_names(ingredients[0], model)
         groups = make_groups(names, opts.by_layer, opts.groups)
         mode, need, budget = choose_mode(opts.mode, ingredients, names, opts.memory_budget_gb)
-        kind = MemoryObjective if mode == "memory" else StreamingObjective
-        objective = kind(ingredients, model, task.forward, groups, _device(evaluator))
-        steps = math.ceil(len(heldout) / batch_size)
-        context.log(
-            f"learned soup: {mode} mode ({need / 1e9:.2f} GB for all ingredients in RAM, budget "
-            f"{budget / 1e9:.2f} GB), {len(groups)} group(s) x {len(ingredients)} ingredients, "
-            f"{opts.epochs} epochs x {steps} steps"
-        )
-        fit = _fit(objective, task, heldout, batch_size, opts, context)
+        journal = context.journal
+        resumed = journal.load() if journal is not None else None
+        if resumed is not None and opts.mode == "auto":
+            mode = resumed["mode"]  # go on as the fit began, whatever RAM is free now
+        if resumed is not None and "fit" in resumed:
+            fit = resumed["fit"]
+            context.log("learned soup: the fit had finished; its result comes from the journal")
+        else:
+            kind = MemoryObjective if mode == "memory" else StreamingObjective
+            objective = kind(ingredients, model, task.forward, groups, _device(evaluator))
+            steps = math.ceil(len(heldout) / batch_size)
+            context.log(
+                f"learned soup: {mode} mode ({need / 1e9:.2f} GB for all ingredients in RAM, "
+                f"budget {budget / 1e9:.2f} GB), {len(groups)} group(s) x {len(ingredients)} "
+                f"ingredients, {opts.epochs} epochs x {steps} steps"
+            )
+            save = None if journal is None else lambda state: journal.save({"mode": mode, **state})
+            fit = _fit(objective, task, heldout, batch_size, opts, context, save, resumed)
+            if journal is not None:
+                journal.save({"mode": mode, "fit": fit})
+            kill_point("learned-fit")
         alpha = fit["alpha"]
         mixture = _mixture(alpha, groups, aliases, ingredients[0], opts.by_layer)
         info: dict[str, Any] = {
@@ -200,7 +226,7 @@ def _batches(
     task: Task, split: Split, batch_size: int, order: torch.Tensor | None = None
 ) -> Iterator[tuple[Any, torch.Tensor]]:
     order = torch.arange(len(split)) if order is None else order
-    for start in range(0, len(split), batch_size):
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size].tolist()
         yield task.collate([split.examples[i] for i in idx]), split.labels[idx]
 
@@ -211,7 +237,7 @@ def _rank_batches(
     """This rank's share of each minibatch of :func:`_batches`: ``(batch, labels, full size)``;
     ``batch`` is ``None`` when the share is empty (a minibatch smaller than the world)."""
     order = torch.arange(len(split)) if order is None else order
-    for start in range(0, len(split), batch_size):
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size].tolist()
         mine = distributed.shard_range(len(idx))
         part = idx[mine.start : mine.stop]
@@ -271,26 +297,54 @@ def _fit(
     batch_size: int,
     opts: LearnedOptions,
     context: RecipeContext,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    resumed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """AdamW on the alpha logits and beta; refuses a non-finite loss, naming the step."""
+    """AdamW on the alpha logits and beta; refuses a non-finite loss, naming the step.
+
+    ``save`` receives the state to resume from (every ``opts.journal_every`` steps and at the
+    end of every epoch); ``resumed`` is such a state to start from.
+    """
     groups, k = objective.shape
     init = 0.0 if opts.param == "softmax" else 1.0 / k
     logits = torch.full((groups, k), init, dtype=torch.float64, requires_grad=True)
     beta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.AdamW([logits, beta], lr=opts.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(opts.seed)
-
-    initial = _heldout_loss(objective, _alpha(logits, opts.param), beta, task, heldout, batch_size)
     parallel = distributed.active()
-    _check_finite(initial, 0, "the uniform soup, before any step")
     losses: list[float] = []
     seconds: list[float] = []
-    for epoch in range(opts.epochs):
+    epoch0 = batch0 = 0
+    elapsed0 = 0.0
+    if resumed is not None:
+        with torch.no_grad():
+            logits.copy_(resumed["logits"])
+            beta.copy_(resumed["beta"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        initial = resumed["initial_loss"]
+        losses, seconds = list(resumed["losses"]), list(resumed["epoch_seconds"])
+        epoch0, batch0, elapsed0 = resumed["epoch"], resumed["batch"], resumed["epoch_elapsed"]
+        context.log(
+            f"learned soup: resuming from the journal at step {len(losses) + 1} "
+            f"(epoch {epoch0 + 1}, batch {batch0 + 1})"
+        )
+    else:
+        initial = _heldout_loss(
+            objective, _alpha(logits, opts.param), beta, task, heldout, batch_size
+        )
+        _check_finite(initial, 0, "the uniform soup, before any step")
+    per_epoch = math.ceil(len(heldout) / batch_size)
+    for epoch in range(epoch0, opts.epochs):
         start = time.perf_counter()
+        at_start = generator.get_state()
         order = torch.randperm(len(heldout), generator=generator)
-        first = len(losses)
-        batches = (_rank_batches if parallel else _batches)(task, heldout, batch_size, order)
-        for b, item in enumerate(batches):
+        skip, before = (batch0, elapsed0) if epoch == epoch0 else (0, 0.0)
+        first = len(losses) - skip
+        batches = (_rank_batches if parallel else _batches)(
+            task, heldout, batch_size, order[skip * batch_size :]
+        )
+        for b, item in enumerate(batches, start=skip):
             alpha = _alpha(logits, opts.param)
             if parallel:
                 loss, d_alpha, d_beta = _step_grad(objective, alpha, beta, item)
@@ -305,7 +359,25 @@ def _fit(
             beta.grad = torch.tensor(d_beta, dtype=torch.float64)
             optimizer.step()
             losses.append(loss)
-        seconds.append(time.perf_counter() - start)
+            end = b + 1 == per_epoch
+            if save is not None and (end or len(losses) % opts.journal_every == 0):
+                spent = before + time.perf_counter() - start
+                save(
+                    {
+                        "logits": logits.detach().clone(),
+                        "beta": beta.detach().clone(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state() if end else at_start,
+                        "epoch": epoch + 1 if end else epoch,
+                        "batch": 0 if end else b + 1,
+                        "epoch_elapsed": 0.0 if end else spent,
+                        "losses": losses,
+                        "epoch_seconds": [*seconds, spent] if end else seconds,
+                        "initial_loss": initial,
+                    }
+                )
+            kill_point("learned-step")
+        seconds.append(before + time.perf_counter() - start)
         epoch_losses = losses[first:]
         context.log(
             f"learned soup: epoch {epoch + 1}/{opts.epochs}, "
