@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -251,6 +252,42 @@ def test_cook_learned_resumes_after_sigkill(
     assert journals(cache) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["greedy", "learned"])
+def test_cook_survives_repeated_kills_at_random_times(
+    name: str, ingredients: Path, reference, tmp_path: Path
+) -> None:
+    """SIGKILL after a random delay, again and again (during start-up, the fit, the forward
+    passes or the write), until a run finishes: the soup is still bitwise the reference."""
+    args = {"greedy": GREEDY, "learned": LEARNED}[name]
+    ref = reference(name, [*args, ingredients])
+    out, cache = tmp_path / "soup", tmp_path / "cache"
+    env = {**os.environ, "MODELSOUP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    env.pop(KILL_ENV, None)
+    argv = [sys.executable, "-m", "modelsoup", "-q", *map(str, [*args, ingredients, "-o", out])]
+    rng = random.Random(name)
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=rng.uniform(1.0, 2.0 + 0.25 * attempt))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            kills += 1
+            if not out.exists():
+                continue  # the soup is not there yet: run again
+            # Killed after the soup was renamed into place (while removing the journal or
+            # exiting): it is complete, and a rerun would refuse the existing output.
+            assert (out / "soup.json").is_file()
+        else:
+            assert proc.returncode == 0, err
+            assert journals(cache) == []
+        break
+    assert kills >= 1
+    assert_same_soup(out, ref)
+
+
 # ------------------------------------------------------------------------------------ sweep
 
 
@@ -290,6 +327,21 @@ def test_sweep_resumes_after_sigkill(
             assert (run / name).read_bytes() == (ref / name).read_bytes(), name
         else:
             assert sidecar(run / name) == sidecar(ref / name), name
+
+
+def test_sweep_killed_while_claiming_its_run_dir_resumes(tmp_path: Path) -> None:
+    """Killed between creating RUN_DIR and renaming sweep.json into place: RUN_DIR holds only a
+    temporary file; the rerun must not refuse it as a non-empty foreign directory."""
+    from modelsoup.demo.sweep import SweepOptions, run_sweep
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / f".sweep.json.{_dead_pid()}@{journal_module._host()}.abcd1234.partial"
+    stale.write_text('{"key": "half')
+    options = SweepOptions(trials=1, max_steps=2, batch_size=64, linear_probe=False)
+    result = run_sweep(make_task(n_train=128, n_eval=64), run, options, progress=False)
+    assert result.trained == [0] and not stale.exists()
+    assert (run / "sweep.json").is_file()
 
 
 def _dead_pid() -> int:

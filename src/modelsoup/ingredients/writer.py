@@ -2,8 +2,9 @@
 
 Everything is written into a hidden temporary directory beside the output, fsynced, and renamed
 into place at the end, with the manifest (``soup.json``) written last. The temporary directory
-names its process, so the next write of the same output removes what a killed one left. An output that equals an
-input, or that already exists (without ``overwrite``), is refused before any work.
+names its process, so the next write of the same output removes what a killed one left. An
+output that equals an input, or that already exists (without ``overwrite``), is refused before
+any work.
 """
 
 from __future__ import annotations
