@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_coldstart  # noqa: E402
+import bench_distributed  # noqa: E402
 import bench_eval  # noqa: E402
 import bench_greedy  # noqa: E402
 import bench_sweep  # noqa: E402
@@ -82,6 +83,7 @@ SECTIONS: dict[str, tuple[str, Callable[[bool, int], list[Table] | str], str]] =
         "its own process.",
     ),
     "sweep": ("Sweep training", bench_sweep.bench, bench_sweep.PROSE),
+    "distributed": ("Distributed evaluation", bench_distributed.bench, bench_distributed.PROSE),
 }
 
 
