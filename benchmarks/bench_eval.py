@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def worker(size: str, repeats: int) -> dict:
     ens = {s: ensemble_logits(second.logits(i, s) for i in ings) for s in ("heldout", "test")}
     found = greedy_ensemble([second.logits(i, "heldout") for i in ings], split.labels)
     _ = second.metrics(ens["test"], "test")
+    shutil.rmtree(tmp, ignore_errors=True)
     return {
         "n": n,
         "batch": bs,

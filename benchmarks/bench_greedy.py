@@ -98,6 +98,7 @@ def worker(size: str, repeats: int) -> dict:
     out["add_s"] = statistics.median(t_add)
     out["pass_s"] = statistics.median(t_pass)
     out["params"] = sum(t.numel() for t in ings[0].state_dict().values())
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

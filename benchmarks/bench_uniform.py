@@ -297,7 +297,7 @@ def bench(quick: bool = False, repeats: int = 3) -> list[Table]:
     spec = BertSpec.quick() if quick else BertSpec.full()
     ks = [2, 4, 8] if quick else [2, 4, 8, 16]
     k_main = 8
-    dirs_all = make_checkpoints(spec, max(ks), pt=not quick)
+    dirs_all = make_checkpoints(spec, max(ks), pt=0 if quick else k_main)
     dirs = dirs_all[:k_main]
     files = [str(d / "model.safetensors") for d in dirs]
     pts = [str(d / "weights.pt") for d in dirs]

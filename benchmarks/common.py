@@ -168,11 +168,11 @@ for path, seed in zip(sys.argv[2::2], sys.argv[3::2]):
 """
 
 
-def make_checkpoints(spec: BertSpec, k: int, *, pt: bool = False) -> list[Path]:
+def make_checkpoints(spec: BertSpec, k: int, *, pt: int = 0) -> list[Path]:
     """``k`` Hugging Face directories (``ing_XX/model.safetensors`` + ``config.json``).
 
     Reused across runs when already generated; written by a child process (torch stays out of
-    the orchestrator). With ``pt=True`` also a ``pytorch_model.pt`` copy for ``torch.load``.
+    the orchestrator). The first ``pt`` also get a ``weights.pt`` copy for ``torch.load``.
     """
     root = bench_dir() / "checkpoints" / spec.tag()
     dirs = [root / f"ing_{i:02d}" for i in range(k)]
@@ -194,7 +194,7 @@ def make_checkpoints(spec: BertSpec, k: int, *, pt: bool = False) -> list[Path]:
             "for a in sys.argv[1:]:\n"
             "    torch.save(load_file(a + '/model.safetensors'), a + '/weights.pt')\n"
         )
-        missing = [str(d) for d in dirs if not (d / "weights.pt").is_file()]
+        missing = [str(d) for d in dirs[:pt] if not (d / "weights.pt").is_file()]
         if missing:
             log(f"writing {len(missing)} .pt copies for the torch.load baseline")
             subprocess.run([PYTHON, "-c", convert, *missing], check=True)
