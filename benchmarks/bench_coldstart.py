@@ -8,7 +8,6 @@ Run alone: ``python benchmarks/bench_coldstart.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from common import (  # noqa: E402
     BertSpec,
     Table,
     bench_dir,
+    cli,
     interleaved,
     log,
     make_checkpoints,
@@ -107,13 +107,7 @@ def bench(quick: bool = False, repeats: int = 3) -> list[Table]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Run alone: ``python benchmarks/bench_distributed.py [--quick] [--repeats N]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, Table, bench_dir, interleaved, loadavg, log, run  # noqa: E402
+from common import PYTHON, Table, bench_dir, cli, interleaved, loadavg, log, run  # noqa: E402
 
 PROSE = """
 Sharded evaluation under `torchrun` (gloo on the CPU): every rank evaluates whole batches of
@@ -161,13 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(res))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Run alone: ``python benchmarks/bench_eval.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, THREADS, Table, log, run  # noqa: E402
+from common import PYTHON, THREADS, Table, cli, log, run  # noqa: E402
 
 PROSE = """
 The Evaluator (batched `torch.inference_mode`, per-example logits cached on disk by content
@@ -163,13 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "worker":
         print(json.dumps(worker(argv[1], int(argv[2]))))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

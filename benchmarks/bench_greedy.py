@@ -8,7 +8,6 @@ Run alone: ``python benchmarks/bench_greedy.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, REPO, THREADS, Table, log, run  # noqa: E402
+from common import PYTHON, REPO, THREADS, Table, cli, log, run  # noqa: E402
 
 K = 10
 
@@ -297,13 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "demo":
         print(json.dumps(demo_worker(argv[1])))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

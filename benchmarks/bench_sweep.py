@@ -8,7 +8,6 @@ a 2-layer BERT with MiniLM's tokenizer. Run alone: ``python benchmarks/bench_swe
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, THREADS, Table, bench_dir, log, run  # noqa: E402
+from common import PYTHON, THREADS, Table, bench_dir, cli, log, run  # noqa: E402
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -169,13 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "worker":
         print(json.dumps(worker(argv[1] == "1", int(argv[2]), int(argv[3]))))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run alone: ``python benchmarks/bench_uniform.py [--quick]``; a worker: ``... wor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from common import (  # noqa: E402
     Stat,
     Table,
     bench_dir,
+    cli,
     interleaved,
     log,
     make_checkpoints,
@@ -495,13 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "worker":
         worker_main(argv[1:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    for table in bench(args.quick, args.repeats):
-        table.write_csv()
-        print(table.markdown())
+    cli(__doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ memory. Generated data lives outside the repository, in ``$MODELSOUP_BENCH_DIR``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,14 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "unknown"
+
+
+def cli(doc: str, bench: Callable[[bool, int], Iterable[Table]], argv: list[str]) -> None:
+    """The benchmarks' shared command line: ``[--quick] [--repeats N]``; print and save tables."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per case")
+    args = parser.parse_args(argv)
+    for table in bench(args.quick, args.repeats):
+        table.write_csv()
+        print(table.markdown())

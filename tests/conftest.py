@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Every test gets its own MODELSOUP_CACHE_DIR, so nothing leaks between tests."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("MODELSOUP_CACHE_DIR", str(cache))
@@ -24,8 +26,11 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def write_checkpoints(tmp_path: Path) -> Callable[..., list[Path]]:
     """Write state dicts as ``fmt`` (safetensors | pt | sharded | hf) and return their paths."""
 
-    def write(state_dicts: list[dict[str, torch.Tensor]], fmt: str = "safetensors",
-              folder: Path | None = None) -> list[Path]:
+    def write(
+        state_dicts: list[dict[str, torch.Tensor]],
+        fmt: str = "safetensors",
+        folder: Path | None = None,
+    ) -> list[Path]:
         folder = folder or tmp_path / f"ckpts_{fmt}"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -40,15 +45,23 @@ def write_checkpoints(tmp_path: Path) -> Callable[..., list[Path]]:
             elif fmt == "sharded":
                 keys = list(sd)
                 half = len(keys) // 2
-                shards = {f"{name}-00001-of-00002.safetensors": keys[:half],
-                          f"{name}-00002-of-00002.safetensors": keys[half:]}
+                shards = {
+                    f"{name}-00001-of-00002.safetensors": keys[:half],
+                    f"{name}-00002-of-00002.safetensors": keys[half:],
+                }
                 for file, ks in shards.items():
                     save_file({k: sd[k] for k in ks}, folder / file)
                 p = folder / f"{name}.safetensors.index.json"
                 import json
 
-                p.write_text(json.dumps({"metadata": {}, "weight_map": {
-                    k: f for f, ks in shards.items() for k in ks}}))
+                p.write_text(
+                    json.dumps(
+                        {
+                            "metadata": {},
+                            "weight_map": {k: f for f, ks in shards.items() for k in ks},
+                        }
+                    )
+                )
             elif fmt == "hf":
                 p = folder / name
                 p.mkdir()

@@ -27,12 +27,13 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from modelsoup.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +89,15 @@ class Journal:
         if not distributed.is_main():
             return
         record = {"format": FORMAT, "identity": self.identity, "state": dict(state)}
-        tmp = None
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=self.dir)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
+            with atomic_path(self.path) as tmp:
+                torch.save(record, tmp)
         except OSError as e:
             if not self._warned:
                 log.warning(
                     "could not write the journal %s (%s); a crash will start over", self.path, e
                 )
                 self._warned = True
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
 
     def remove(self) -> None:
         """Delete the journal (once the run's outputs are written)."""

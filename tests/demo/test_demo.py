@@ -1,4 +1,8 @@
-"""The demo task and the whole demo pipeline (on a tiny BERT, so it runs in seconds)."""
+"""The demo task and the whole demo pipeline (on a tiny BERT, so it runs in seconds).
+
+The pipeline test is the CI smoke run of every stage: sweep (2 trials of 3 steps), compare,
+report and the light analyses, on a few hundred examples.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +58,6 @@ def test_demo_splits_roles_and_metrics() -> None:
         demo_task.make_task("huge")
 
 
-@pytest.mark.slow
 def test_demo_pipeline_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "demo"
     result = run_demo(run, preset="smoke", model_dir=tiny_bert_dir, progress=False)
@@ -70,13 +73,37 @@ def test_demo_pipeline_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> No
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert analysis and (run / "analysis" / "analysis.md").stat().st_size > 0
     assert doc["metadata"]["task_ref"] == "demo"
+    assert "analysis" in result.timings
     # A rerun trains nothing and evaluates nothing new: the same numbers.
-    again = run_demo(run, preset="smoke", model_dir=tiny_bert_dir, progress=False)
+    again = run_demo(run, preset="smoke", model_dir=tiny_bert_dir, progress=False, analysis=False)
+    assert "analysis" not in again.timings
     assert json.loads((run / "results.json").read_text())["metadata"]["trials_trained_now"] == []
     for name, row in result.comparison.methods.items():
         assert (
             again.comparison.methods[name].metrics["test"]["score"] == row.metrics["test"]["score"]
         )
+
+
+def test_quick_preset_skips_the_analyses_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelsoup.demo.run as demo_run
+
+    assert demo_run.PRESETS["quick"].analysis is False
+    assert demo_run.PRESETS["default"].analysis is True
+    seen: list[dict[str, object]] = []
+
+    def fake_run_demo(run_dir: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise ModelSoupError("stop here")
+
+    monkeypatch.setattr(demo_run, "run_demo", fake_run_demo)
+    assert main(["-q", "demo", "--quick"]) != 0
+    assert main(["-q", "demo", "--analysis"]) != 0
+    assert main(["-q", "demo", "--no-analysis"]) != 0
+    assert [(k["preset"], k["analysis"]) for k in seen] == [
+        ("quick", None),
+        ("default", True),
+        ("default", False),
+    ]
 
 
 def test_demo_refuses_fewer_than_two_trials(tmp_path: Path) -> None:
@@ -86,7 +113,6 @@ def test_demo_refuses_fewer_than_two_trials(tmp_path: Path) -> None:
         run_demo(tmp_path, preset="fast")
 
 
-@pytest.mark.slow
 def test_cli_demo_smoke(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modelsoup.evaluation.cache import PredictionCache, atomic_write
+from modelsoup.evaluation.cache import PredictionCache
 
 KEY, FP = "a" * 64, "f" * 64
 
@@ -78,11 +78,3 @@ def test_an_unwritable_cache_only_warns(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         PredictionCache(blocker).save(KEY, FP, torch.zeros(2, 2), torch.ones(2, dtype=torch.bool))
     assert "could not write the prediction cache" in caplog.text
-
-
-def test_atomic_write_replaces_and_cleans_up(tmp_path: Path) -> None:
-    target = tmp_path / "run" / "evaluation.json"
-    atomic_write(target, "one")
-    atomic_write(target, b"two")
-    assert target.read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["evaluation.json"]

@@ -456,7 +456,7 @@ def _check_results_task(run: Run, task: Task) -> list[str]:
 
 def _write(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
     from modelsoup.analysis.report import render_markdown
-    from modelsoup.evaluation.cache import atomic_write
+    from modelsoup.atomic import atomic_write
 
     safe = json_safe(doc)
     atomic_write(out / "analysis.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")

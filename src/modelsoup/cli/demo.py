@@ -29,7 +29,14 @@ from modelsoup.cli.options import device_option, quiet, rank_zero_only
     help="Fine-tuning runs [default: 8, or 4 with --quick; 24 for a stronger result].",
 )
 @click.option(
-    "--quick", is_flag=True, help="4 short runs and smaller evaluation sets (under 5 minutes)."
+    "--quick",
+    is_flag=True,
+    help="4 short runs, smaller evaluation sets, no learned soups or analyses (under 5 minutes).",
+)
+@click.option(
+    "--analysis/--no-analysis",
+    default=None,
+    help="Run the light analyses into RUN_DIR/analysis [default: yes, no with --quick].",
 )
 @click.option(
     "--seed",
@@ -52,6 +59,7 @@ def command(
     run_dir: str | None,
     trials: int | None,
     quick: bool,
+    analysis: bool | None,
     seed: int,
     model_dir: str | None,
     preset: str | None,
@@ -72,6 +80,7 @@ def command(
         seed=seed,
         model_dir=model_dir,
         device=device,
+        analysis=analysis,
         progress=not silent,
         log=say,
     )

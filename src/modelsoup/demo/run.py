@@ -50,6 +50,7 @@ class DemoPreset:
         sweep: :class:`~modelsoup.demo.sweep.SweepOptions` values beyond :data:`DEMO_SWEEP`.
         learned: options of the learned soups (``None``: no learned soups).
         run_dir: the default run directory.
+        analysis: run the light analyses after the comparison.
     """
 
     size: str
@@ -57,12 +58,19 @@ class DemoPreset:
     sweep: Mapping[str, Any] = field(default_factory=dict)
     learned: Mapping[str, Any] | None = None
     run_dir: str = "runs/demo"
+    analysis: bool = True
 
 
 PRESETS: dict[str, DemoPreset] = {
     "default": DemoPreset("default", 8, {"epochs": (0.8, 1.5)}, {"epochs": 2}, "runs/demo"),
+    # Under 5 minutes: no learned soups and no analyses (`modelsoup analyze RUN_DIR --light`).
     "quick": DemoPreset(
-        "quick", 4, {"epochs": (0.8, 1.5), "probe_examples": 1000}, None, "runs/demo-quick"
+        "quick",
+        4,
+        {"epochs": (0.8, 1.5), "probe_examples": 1000},
+        None,
+        "runs/demo-quick",
+        analysis=False,
     ),
     "smoke": DemoPreset(
         "smoke", 2, {"max_steps": 3, "probe_examples": 128}, {"epochs": 1}, "runs/demo-smoke"
@@ -95,7 +103,7 @@ def run_demo(
     seed: int = 0,
     model_dir: str | Path | None = None,
     device: str = "cpu",
-    analysis: bool = True,
+    analysis: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
@@ -110,7 +118,7 @@ def run_demo(
         model_dir: another encoder directory (tests use a tiny BERT); default: MiniLM.
         device: where evaluation runs (training runs on the CPU).
         analysis: also run the light analyses (``modelsoup analyze --light``) into
-            ``RUN_DIR/analysis/``.
+            ``RUN_DIR/analysis/`` (default: the preset's choice; not in ``quick``).
         progress: show progress bars.
         log: receives progress messages (default: the module logger).
 
@@ -173,7 +181,7 @@ def run_demo(
     }
     files = write_results(result, run_dir, overwrite=True, metadata=metadata)
     _prepend_summary(files["report.md"], result, metadata, sweep.trials)
-    if analysis:
+    if spec.analysis if analysis is None else analysis:
         from modelsoup.analysis import analyze
 
         mark = time.perf_counter()
@@ -225,7 +233,7 @@ def summary_lines(result: Any, timings: Mapping[str, float]) -> list[str]:
 def _prepend_summary(
     report: Path, result: Any, metadata: Mapping[str, Any], trials: list[Path]
 ) -> None:
-    from modelsoup.evaluation.cache import atomic_write
+    from modelsoup.atomic import atomic_write
     from modelsoup.evaluation.report import machine_info
 
     rows = []

@@ -38,10 +38,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,6 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modelsoup import distributed
+from modelsoup.atomic import atomic_write
 from modelsoup.errors import ModelSoupError, RunDirError, TaskError
 from modelsoup.evaluation.task import Task
 from modelsoup.journal import kill_point, partial_prefix, remove_stale_partials
@@ -67,8 +66,6 @@ TRIALS_DIR = "trials"
 AUGMENTATIONS = ("none", "token_dropout", "mixup")
 LOG_EVERY = 10
 FORMAT_VERSION = 1
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class SweepError(ModelSoupError):
@@ -708,7 +705,7 @@ def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
         raise RunDirError(
             f"{run_dir} exists, is not empty and holds no {SWEEP_FILE}; use another run directory"
         )
-    _atomic_write(path, (json.dumps(identity, indent=2) + "\n").encode())
+    _atomic_write(path, json.dumps(identity, indent=2) + "\n")
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -739,9 +736,14 @@ def _save(path: Path, state: Mapping[str, torch.Tensor], record: dict[str, Any],
         "modelsoup_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    _atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     kill_point("sweep-sidecar")
     _atomic_write(path, data)
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a ``.partial`` file that :func:`remove_stale_partials` can clean up."""
+    atomic_write(path, data, prefix=partial_prefix(path.name), suffix=".partial")
 
 
 def _temporary(name: str) -> bool:
@@ -768,21 +770,6 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager

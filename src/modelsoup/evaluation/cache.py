@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from modelsoup.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -96,35 +96,7 @@ class PredictionCache:
         path = self.path(key, fingerprint)
         meta = {"format": FORMAT, "key": key, "fingerprint": fingerprint}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                save_file({"logits": logits, "have": have}, tmp, metadata=meta)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_path(path) as tmp:
+                save_file({"logits": logits, "have": have}, str(tmp), metadata=meta)
         except OSError as e:
             log.warning("could not write the prediction cache at %s (%s)", path, e)
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
-
-    Example:
-        >>> atomic_write(Path("run/evaluation.json"), "{}")  # doctest: +SKIP
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

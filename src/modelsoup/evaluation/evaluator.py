@@ -35,8 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modelsoup import distributed
+from modelsoup.atomic import atomic_write
 from modelsoup.errors import ModelSoupError, OutputError, TaskError
-from modelsoup.evaluation.cache import PredictionCache, atomic_write
+from modelsoup.evaluation.cache import PredictionCache
 from modelsoup.evaluation.metrics import check_logits, compute_metrics
 from modelsoup.evaluation.task import Split, Task, default_collate
 from modelsoup.ingredients import Ingredient
@@ -251,35 +252,19 @@ class Evaluator:
         res = self._resolve(source)
         if distributed.active():
             return self._count_correct_sharded(res, split, need)
-        sp = self._split(split)
-        n = len(sp)
-        entry = self._cached(res, split, n)
-        logits = None if entry is None else entry.logits.clone()
-        have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
-        model = None
-        fresh = False
+        scorer = _BatchScorer(self, res, split)
+        n = len(scorer.split)
         correct = evaluated = 0
         with self._bar(n, f"{res.name} · {split}") as bar:
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
-                miss = ((~have[start:stop]).nonzero().flatten() + start).tolist()
-                self.stats.cached_examples += stop - start - len(miss)
-                if miss:
-                    if model is None:
-                        model = self._predictor(res)
-                    out = self._forward(model, sp, miss, res.name)
-                    logits, have = self._place(res, split, logits, have, miss, out)
-                    fresh = True
-                rows = cast(torch.Tensor, logits)[start:stop]
-                if not miss:
-                    _check_width(rows.shape[1], sp, res.name)
-                correct += int((rows.argmax(dim=-1) == sp.labels[start:stop]).sum())
+                correct += scorer.hits(start, stop)
                 evaluated = stop
                 bar.update(stop - start)
                 if correct + (n - evaluated) < need:
                     break
-        if fresh:
-            self._store(res, split, logits, have)
+        if scorer.fresh:
+            self._store(res, split, scorer.logits, scorer.have)
         return correct >= need, correct, evaluated
 
     def load_model(self, state_dict: StateDict, name: str | None = None) -> nn.Module:
@@ -406,18 +391,13 @@ class Evaluator:
         self, res: _Resolved, split: str, need: int
     ) -> tuple[bool, int, int]:
         """:meth:`count_correct` under torchrun: global rounds of one batch per rank."""
-        sp = self._split(split)
-        n, size = len(sp), self.batch_size
+        scorer = _BatchScorer(self, res, split)
+        n, size = len(scorer.split), self.batch_size
         mine = distributed.shard_range(n, block=size)
         world = distributed.world_size()
         rounds = max(
             -(-len(distributed.shard_range(n, r, world, block=size)) // size) for r in range(world)
         )
-        entry = self._cached(res, split, n)
-        logits = None if entry is None else entry.logits.clone()
-        have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
-        model = None
-        fresh = False
         correct = evaluated = 0
         starts = list(range(mine.start, mine.stop, size))
         with self._bar(n, f"{res.name} · {split}") as bar:
@@ -425,31 +405,21 @@ class Evaluator:
                 counts = torch.zeros(2, dtype=torch.int64)
                 if r < len(starts):
                     start, stop = starts[r], min(mine.stop, starts[r] + size)
-                    miss = ((~have[start:stop]).nonzero().flatten() + start).tolist()
-                    self.stats.cached_examples += stop - start - len(miss)
-                    if miss:
-                        if model is None:
-                            model = self._predictor(res)
-                        out = self._forward(model, sp, miss, res.name)
-                        logits, have = self._place(res, split, logits, have, miss, out)
-                        fresh = True
-                    rows = cast(torch.Tensor, logits)[start:stop]
-                    if not miss:
-                        _check_width(rows.shape[1], sp, res.name)
-                    hits = (rows.argmax(dim=-1) == sp.labels[start:stop]).sum()
-                    counts[0], counts[1] = int(hits), stop - start
+                    counts[0], counts[1] = scorer.hits(start, stop), stop - start
                 distributed.all_reduce_sum(counts)
                 correct += int(counts[0])
                 evaluated += int(counts[1])
                 bar.update(int(counts[1]))
                 if correct + (n - evaluated) < need:
                     break
-        if res.key is not None and distributed.all_reduce_max(int(fresh)):
+        if res.key is not None and distributed.all_reduce_max(int(scorer.fresh)):
+            logits = scorer.logits
             width = distributed.all_reduce_max(0 if logits is None else logits.shape[1])
             if logits is None:
                 logits = torch.zeros(n, width)
             full = distributed.gather_rows(logits[mine.start : mine.stop], n, block=size)
-            full_have = distributed.gather_rows(have[mine.start : mine.stop], n, block=size)
+            have = scorer.have[mine.start : mine.stop]
+            full_have = distributed.gather_rows(have, n, block=size)
             self._store(res, split, full, full_have)
         return correct >= need, correct, evaluated
 
@@ -709,3 +679,35 @@ def _role(task: Task, split: str) -> str:
     if split in task.shifts:
         return "shift"
     return "other"
+
+
+class _BatchScorer:
+    """Counts the correct predictions of one predictor on index ranges of one split, reading
+    cached rows and computing (and keeping) the missing ones."""
+
+    def __init__(self, evaluator: Evaluator, res: _Resolved, split: str) -> None:
+        self.evaluator, self.res, self.split_name = evaluator, res, split
+        self.split = evaluator._split(split)
+        n = len(self.split)
+        entry = evaluator._cached(res, split, n)
+        self.logits = None if entry is None else entry.logits.clone()
+        self.have = torch.zeros(n, dtype=torch.bool) if entry is None else entry.have.clone()
+        self.model: nn.Module | None = None
+        self.fresh = False
+
+    def hits(self, start: int, stop: int) -> int:
+        ev, sp = self.evaluator, self.split
+        miss = ((~self.have[start:stop]).nonzero().flatten() + start).tolist()
+        ev.stats.cached_examples += stop - start - len(miss)
+        if miss:
+            if self.model is None:
+                self.model = ev._predictor(self.res)
+            out = ev._forward(self.model, sp, miss, self.res.name)
+            self.logits, self.have = ev._place(
+                self.res, self.split_name, self.logits, self.have, miss, out
+            )
+            self.fresh = True
+        rows = cast(torch.Tensor, self.logits)[start:stop]
+        if not miss:
+            _check_width(rows.shape[1], sp, self.res.name)
+        return int((rows.argmax(dim=-1) == sp.labels[start:stop]).sum())

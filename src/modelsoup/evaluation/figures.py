@@ -120,7 +120,7 @@ def save_figure1(result: ComparisonResult, path: str | Path) -> Path:
     Example:
         >>> save_figure1(result, "runs/toy/fig1.png")  # doctest: +SKIP
     """
-    from modelsoup.evaluation.cache import atomic_write
+    from modelsoup.atomic import atomic_write
 
     path = Path(path)
     atomic_write(path, figure1_png(result))

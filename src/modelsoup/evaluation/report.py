@@ -392,7 +392,7 @@ def write_results(
         >>> write_results(compare(ings, ev), "runs/toy")  # doctest: +SKIP
         {'results.json': PosixPath('runs/toy/results.json'), ...}
     """
-    from modelsoup.evaluation.cache import atomic_write
+    from modelsoup.atomic import atomic_write
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir, overwrite=overwrite)
