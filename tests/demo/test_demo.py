@@ -61,7 +61,13 @@ def test_demo_splits_roles_and_metrics() -> None:
 def test_demo_pipeline_on_a_tiny_bert(tiny_bert_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "demo"
     result = run_demo(run, preset="smoke", model_dir=tiny_bert_dir, progress=False)
-    assert sorted(result.files) == ["fig1.png", "report.md", "results.csv", "results.json"]
+    assert sorted(result.files) == [
+        "fig1.png",
+        "report.md",
+        "results.csv",
+        "results.json",
+        "soups/greedy_soup",
+    ]
     doc = json.loads((run / "results.json").read_text())
     assert set(doc["ingredients"]) == {"init", "trial_000", "trial_001"}
     assert doc["ingredients"]["init"]["is_init"] is True

@@ -285,7 +285,9 @@ def test_cli_under_torchrun_prints_and_writes_on_rank_zero_only(runs: dict[str, 
 
 def test_compare_via_python_m_under_torchrun_equals_single_process(runs: dict[str, Any]) -> None:
     out = runs["compare_stdout"]
-    assert out.count("greedy_soup") == 1 and "wrote" in out  # one table: rank 0's
+    table_rows = [line for line in out.splitlines() if line.startswith("greedy_soup ")]
+    assert len(table_rows) == 1 and "wrote" in out  # one table: rank 0's
+    assert (runs["root"] / "cmp-dist" / "soups" / "greedy_soup" / "model.safetensors").is_file()
     dist = json.loads((runs["root"] / "cmp-dist" / "results.json").read_text())
     single = json.loads((runs["root"] / "cmp-single" / "results.json").read_text())
     assert dist["metadata"]["world_size"] == 2 and single["metadata"]["world_size"] == 1

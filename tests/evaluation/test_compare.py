@@ -19,7 +19,7 @@ from modelsoup.errors import ModelSoupError, OutputError, RecipeError
 from modelsoup.evaluation.compare import METHODS, available_methods, compare
 from modelsoup.evaluation.ensemble import ensemble_logits, greedy_ensemble
 from modelsoup.evaluation.evaluator import Evaluator
-from modelsoup.evaluation.report import format_table, write_results
+from modelsoup.evaluation.report import format_table, write_results, write_soups
 from modelsoup.evaluation.significance import mcnemar, permutation_test
 from modelsoup.ingredients import load_ingredients
 from modelsoup.tasks.toy import ToyMLP, make_task
@@ -186,6 +186,35 @@ def test_soup_numbers_equal_the_evaluator(setup) -> None:
         assert result.methods["learned_soup_by_layer"].info["options"]["by_layer"] is True
 
 
+def test_write_soups_saves_each_soup_as_the_mean_of_its_members(
+    setup, trials: Path, tmp_path: Path
+) -> None:
+    _, _, result = setup
+    written = write_soups(result, tmp_path / "run", ["greedy_soup", "uniform_soup"])
+    assert written == {
+        "greedy_soup": tmp_path / "run" / "soups" / "greedy_soup",
+        "uniform_soup": tmp_path / "run" / "soups" / "uniform_soup",
+    }
+    for name in written:
+        members = result.methods[name].ingredients
+        states = [load_ingredients([trials / f"{m}.safetensors"])[0].state_dict() for m in members]
+        saved = load_ingredients([written[name]])[0].state_dict()
+        for key, value in saved.items():
+            if not value.is_floating_point():  # integer buffers are copied, never averaged
+                assert torch.equal(value, states[0][key])
+                continue
+            expected = torch.stack([sd[key].double() for sd in states]).mean(0).float()
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    assert len(result.methods["uniform_soup"].ingredients) == 4
+    manifest = json.loads((written["greedy_soup"] / "soup.json").read_text())
+    assert manifest["recipe"] == "greedy"
+    assert (written["uniform_soup"] / "README.md").is_file()
+    with pytest.raises(OutputError, match="already exists"):
+        write_soups(result, tmp_path / "run", ["greedy_soup"])
+    with pytest.raises(ModelSoupError, match=r"no soup 'ensemble'.*soups: uniform_soup"):
+        write_soups(result, tmp_path / "run", ["ensemble"])
+
+
 def test_p_values_intervals_and_best_marks(setup) -> None:
     ings, ev, result = setup
     ref = result.methods["best_individual"]
@@ -327,6 +356,7 @@ def test_cli_compare(trials: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert list(doc["methods"]) == ["best_individual", "ensemble", "greedy_ensemble"]
     assert doc["settings"]["seed"] == 1 and doc["metadata"]["batch_size"] == 100
     assert all((run / f).is_file() for f in ["results.csv", "report.md", "fig1.png"])
+    assert not (run / "soups").exists()  # no greedy soup among these methods: nothing to save
 
     before = (run / "results.json").read_bytes()
     assert main(["-q", *args]) == 1
@@ -349,6 +379,26 @@ def test_cli_compare(trials: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(bad_task) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r3").exists()
+
+
+def test_cli_compare_saves_soups(trials: Path, tmp_path: Path) -> None:
+    def run(out: str, *extra: str) -> int:
+        return main(["-q", "compare", str(trials), "--task", "toy", "-o", str(tmp_path / out),
+                     "--methods", "uniform_soup,greedy_soup", *extra])  # fmt: skip
+
+    assert run("default") == 0
+    assert sorted(p.name for p in (tmp_path / "default" / "soups").iterdir()) == ["greedy_soup"]
+    assert (tmp_path / "default" / "soups" / "greedy_soup" / "model.safetensors").is_file()
+    assert run("all", "--save-soups", "all") == 0
+    assert sorted(p.name for p in (tmp_path / "all" / "soups").iterdir()) == [
+        "greedy_soup",
+        "uniform_soup",
+    ]
+    assert run("none", "--save-soups", "none") == 0
+    assert not (tmp_path / "none" / "soups").exists()
+    (tmp_path / "taken" / "soups").mkdir(parents=True)
+    assert run("taken") == 1  # an existing soups/ is refused before any work
+    assert not (tmp_path / "taken" / "results.json").exists()
 
 
 def test_balanced_accuracy_splits_use_strata(setup) -> None:

@@ -1,8 +1,9 @@
 """``modelsoup compare PATH... --task TASK -o RUN_DIR``: the paper's table, with significance.
 
-Prints the table and writes ``RUN_DIR/results.json``, ``results.csv``, ``report.md`` and
-``fig1.png`` (see docs/results.md). Under ``torchrun`` the ranks share the evaluation and the
-learned soups' fitting; rank 0 prints and writes.
+Prints the table and writes ``RUN_DIR/results.json``, ``results.csv``, ``report.md``,
+``fig1.png`` (see docs/results.md) and the greedy soup in ``RUN_DIR/soups/greedy_soup/``.
+Under ``torchrun`` the ranks share the evaluation and the learned soups' fitting; rank 0
+prints and writes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ from modelsoup.cli.options import (
     metavar="A,B,...",
     help="Only these rows (best_individual is always included). Default: all available.",
 )
+@click.option(
+    "--save-soups",
+    "save_soups",
+    default=None,
+    metavar="A,B,...|all|none",
+    help="Soups to save as RUN_DIR/soups/<name>/ (weights, soup.json, soup card) "
+    "[default: greedy_soup, when computed].",
+)
 @click.option("--ci", is_flag=True, help="Show 95% confidence intervals in the terminal table.")
 @click.option("--overwrite", is_flag=True, help="Replace results already in RUN_DIR.")
 def command(
@@ -67,6 +76,7 @@ def command(
     precision: str,
     batch_size: int | None,
     methods: str | None,
+    save_soups: str | None,
     ci: bool,
     overwrite: bool,
 ) -> None:
@@ -74,13 +84,18 @@ def command(
     from modelsoup import distributed
     from modelsoup.evaluation.compare import compare
     from modelsoup.evaluation.evaluator import Evaluator
-    from modelsoup.evaluation.report import check_run_dir, format_table, write_results
+    from modelsoup.evaluation.report import (
+        check_run_dir,
+        format_table,
+        write_results,
+        write_soups,
+    )
     from modelsoup.evaluation.task import load_task
     from modelsoup.ingredients import load_ingredients
 
     dev, main_rank = join_ranks(device)
     silent = quiet(click.get_current_context()) or not main_rank
-    check_run_dir(run_dir, overwrite=overwrite)
+    check_run_dir(run_dir, overwrite=overwrite, soups=save_soups != "none")
     distributed.barrier()  # every rank has checked RUN_DIR before rank 0 may write it
     ingredients = load_ingredients(paths)
     evaluator = Evaluator(
@@ -104,6 +119,21 @@ def command(
     }
     if main_rank:
         written = write_results(result, run_dir, overwrite=overwrite, metadata=meta)
+        soups = write_soups(
+            result, run_dir, _soup_names(save_soups, list(result.soups)), overwrite=overwrite
+        )
+        written.update({f"soups/{name}": path for name, path in soups.items()})
         click.echo(format_table(result, ci=ci))
         click.echo(f"\nwrote {', '.join(str(p) for p in written.values())}")
     distributed.barrier()
+
+
+def _soup_names(spec: str | None, cooked: list[str]) -> list[str]:
+    """``all``, ``none`` or a comma-separated list; by default the greedy soup, if cooked."""
+    if spec is None:
+        return [n for n in ("greedy_soup",) if n in cooked]
+    if spec == "all":
+        return cooked
+    if spec == "none":
+        return []
+    return [n.strip() for n in spec.split(",") if n.strip()]

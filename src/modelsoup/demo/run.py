@@ -6,7 +6,8 @@
    the held-out split (selection), the ID test split and four shifts; then the best individual
    model (chosen on held-out), uniform / greedy / learned soups, ensembles and the oracle.
 3. **Report**: ``results.json``, ``results.csv``, ``report.md`` (table with 95% intervals and
-   p-values against the best individual) and ``fig1.png`` in the run directory.
+   p-values against the best individual), ``fig1.png`` and the greedy soup
+   (``soups/greedy_soup/``) in the run directory.
 
 Reruns reuse finished trials and the per-example prediction cache, so a rerun costs only the
 comparison's statistics. Presets trade time for strength (see :data:`PRESETS`).
@@ -129,7 +130,7 @@ def run_demo(
     """
     from modelsoup.evaluation.compare import compare
     from modelsoup.evaluation.evaluator import Evaluator
-    from modelsoup.evaluation.report import write_results
+    from modelsoup.evaluation.report import write_results, write_soups
     from modelsoup.ingredients import load_ingredients
 
     say = log or logger.info
@@ -181,6 +182,9 @@ def run_demo(
     }
     files = write_results(result, run_dir, overwrite=True, metadata=metadata)
     _prepend_summary(files["report.md"], result, metadata, sweep.trials)
+    say("demo: saving the greedy soup")
+    soups = write_soups(result, run_dir, ["greedy_soup"], overwrite=True)
+    files.update({f"soups/{name}": path for name, path in soups.items()})
     if spec.analysis if analysis is None else analysis:
         from modelsoup.analysis import analyze
 
@@ -260,7 +264,9 @@ def _prepend_summary(
             f"{100 * g['id']:.2f} vs {100 * b['id']:.2f} "
             f"({100 * (g['id'] - b['id']):+.2f} points); shift average "
             f"{100 * g['shift_avg']:.2f} vs {100 * b['shift_avg']:.2f} "
-            f"({100 * (g['shift_avg'] - b['shift_avg']):+.2f} points)."
+            f"({100 * (g['shift_avg'] - b['shift_avg']):+.2f} points). The greedy soup "
+            f"({len(result.methods['greedy_soup'].ingredients)} of {len(trials)} runs) is saved "
+            "in `soups/greedy_soup/` (`model.safetensors`, `soup.json`, a soup card)."
         )
     header = f"""# modelsoup demo ({metadata["preset"]}, {metadata["trials"]} runs)
 

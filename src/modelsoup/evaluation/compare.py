@@ -46,6 +46,7 @@ from modelsoup.evaluation.significance import (
 if TYPE_CHECKING:
     from modelsoup.evaluation.evaluator import Evaluator
     from modelsoup.ingredients import Ingredient
+    from modelsoup.soup import Soup
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class ComparisonResult:
             method), if any.
         best: column -> the best non-oracle method in that column.
         settings: seed, rule, number of permutations, alpha.
+        soups: the soups cooked for the soup rows (lazy: nothing is mixed until one is saved
+            with :func:`modelsoup.evaluation.report.write_soups`); not part of ``results.json``.
     """
 
     task: dict[str, Any]
@@ -138,6 +141,7 @@ class ComparisonResult:
     init: str | None
     best: dict[str, str]
     settings: dict[str, Any]
+    soups: dict[str, Soup] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def columns(self) -> list[str]:
@@ -222,6 +226,7 @@ def compare(
         ing_rows[ing.name] = stats.row(ing.name, "ingredient", [ing.name], 1, _of(evaluator, ing))
         ing.release()  # a pickle checkpoint is re-read only if a soup needs it
     best = max(pool, key=lambda i: ing_rows[i.name].metrics[task.heldout]["score"])  # first on ties
+    soups: dict[str, Soup] = {}
     rows = {
         "best_individual": stats.row(
             "best_individual", "individual", [best.name], 1, _of(evaluator, best)
@@ -233,7 +238,7 @@ def compare(
         if name in _SOUP_RECIPES:
             say(f"cooking {name}")
             options = _soup_options(name, seed=seed, rule=rule, learned=learned)
-            rows[name] = _soup_row(name, pool, evaluator, stats, options, say)
+            rows[name], soups[name] = _soup_row(name, pool, evaluator, stats, options, say)
         elif name == "ensemble":
             members = [i.name for i in pool]
             rows[name] = stats.row(
@@ -272,6 +277,7 @@ def compare(
             "n_bootstrap": n_bootstrap,
             "learned": dict(learned or {}),
         },
+        soups=soups,
     )
 
 
@@ -308,7 +314,7 @@ def _soup_row(
     stats: _Stats,
     options: dict[str, Any],
     say: Callable[[str], None],
-) -> MethodResult:
+) -> tuple[MethodResult, Soup]:
     from modelsoup.recipes import cook
 
     recipe = _SOUP_RECIPES[name]
@@ -316,7 +322,7 @@ def _soup_row(
     row = stats.row(name, "soup", [i.name for i in soup.used], 1, _of(evaluator, soup))
     row.info = {"recipe": recipe, "options": soup.options, **_jsonable_info(soup.info)}
     row.info["weights"] = dict(zip([i.name for i in pool], soup.mixture.weights))
-    return row
+    return row, soup
 
 
 class _MemberLogits(Sequence):

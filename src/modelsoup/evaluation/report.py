@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "modelsoup-results-v1"
 FILES = ("results.json", "results.csv", "report.md", "fig1.png")
+#: Where :func:`write_soups` saves soups, inside a run directory.
+SOUPS_DIR = "soups"
 CSV_FIELDS = (
     "method",
     "split",
@@ -421,8 +423,9 @@ def write_results(
     return written
 
 
-def check_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
-    """Refuse, before any work, a run directory that already holds results (unless ``overwrite``).
+def check_run_dir(run_dir: str | Path, *, overwrite: bool = False, soups: bool = False) -> None:
+    """Refuse, before any work, a run directory that already holds results (or soups, when
+    ``soups`` are to be saved) unless ``overwrite``.
 
     Example:
         >>> check_run_dir("runs/toy")  # doctest: +SKIP
@@ -430,8 +433,42 @@ def check_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"{run_dir}: exists and is not a directory")
-    existing = [f for f in FILES if (run_dir / f).exists()]
+    outputs = [*FILES, *([SOUPS_DIR] if soups else [])]
+    existing = [f for f in outputs if os.path.lexists(run_dir / f)]
     if existing and not overwrite:
         raise OutputError(
             f"{run_dir}: already holds {', '.join(existing)} (pass --overwrite to replace them)"
         )
+
+
+def write_soups(
+    result: ComparisonResult,
+    run_dir: str | Path,
+    names: Sequence[str] = ("greedy_soup",),
+    *,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Save soups of a comparison as ``run_dir/soups/<name>/`` (weights, soup.json, soup card).
+
+    Each soup is mixed tensor by tensor from its ingredients as it is written.
+
+    Raises:
+        ModelSoupError: a name is not a soup row of ``result``.
+        OutputError: a soup directory exists and ``overwrite`` is false.
+
+    Example:
+        >>> write_soups(compare(ings, ev), "runs/toy")  # doctest: +SKIP
+        {'greedy_soup': PosixPath('runs/toy/soups/greedy_soup')}
+    """
+    unknown = [n for n in names if n not in result.soups]
+    if unknown:
+        raise ModelSoupError(
+            f"no soup {', '.join(map(repr, unknown))} in this comparison "
+            f"(soups: {', '.join(result.soups) or 'none'})"
+        )
+    written = {}
+    for name in names:
+        out = Path(run_dir) / SOUPS_DIR / name
+        result.soups[name].save(out, overwrite=overwrite)
+        written[name] = out
+    return written
