@@ -8,12 +8,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from modelsoup.errors import IngredientError
-from modelsoup.ingredients.ingredient import PICKLE, SAFETENSORS, SHARDED, Ingredient, read_sidecar
+from modelsoup.ingredients.ingredient import (
+    PICKLE,
+    PICKLE_SHARDED,
+    SAFETENSORS,
+    SHARDED,
+    Ingredient,
+    read_sidecar,
+)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+#: Sharded sets: an index (JSON with a ``weight_map``) naming the shard of every tensor.
+INDEX_SUFFIXES = {".safetensors.index.json": SHARDED, ".bin.index.json": PICKLE_SHARDED}
 HF_WEIGHT_FILES = (
     "model.safetensors.index.json",
     "model.safetensors",
+    "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
 
@@ -22,7 +32,8 @@ def load_ingredients(paths: Iterable[str | Path]) -> list[Ingredient]:
     """Resolve paths into ingredients, in the order given (folders and globs sorted by name).
 
     Each path may be a safetensors file, a ``*.safetensors.index.json``, a ``.pt/.pth/.bin``
-    file, a Hugging Face model directory, a folder holding several of these, or a glob.
+    file, a ``*.bin.index.json`` (sharded pickles), a Hugging Face model directory, a folder
+    holding several of these, or a glob.
 
     Raises:
         IngredientError: a path is missing, empty, unreadable or of an unknown kind.
@@ -105,7 +116,7 @@ def _scan_folder(folder: Path) -> list[Ingredient]:
         raise IngredientError(f"{folder}: cannot list directory ({e.strerror or e})") from None
     shards: set[Path] = set()
     for child in children:
-        if child.name.endswith(".safetensors.index.json"):
+        if child.name.endswith(tuple(INDEX_SUFFIXES)):
             shards.update(folder / s for s in _index_shards(child).values())
     found: list[Ingredient] = []
     for child in children:
@@ -116,12 +127,12 @@ def _scan_folder(folder: Path) -> list[Ingredient]:
                 found.append(load_ingredient(child))
         elif not _exists(child):
             raise IngredientError(f"{child}: broken symlink or symlink loop")
-        elif child.name.endswith((".safetensors", ".safetensors.index.json", *PICKLE_SUFFIXES)):
+        elif child.name.endswith((".safetensors", *INDEX_SUFFIXES, *PICKLE_SUFFIXES)):
             found.append(_from_file(child))
     if not found:
         raise IngredientError(
-            f"{folder}: empty: no .safetensors, .safetensors.index.json, .pt, .pth or .bin files "
-            "and no model directories"
+            f"{folder}: empty: no .safetensors, .pt, .pth or .bin files, no sharded index "
+            "(*.safetensors.index.json, *.bin.index.json) and no model directories"
         )
     return found
 
@@ -141,38 +152,40 @@ def _from_file(path: Path) -> Ingredient:
         raise IngredientError(f"{path}: cannot read ({e})") from None
     if size == 0:
         raise IngredientError(f"{path}: empty file (0 bytes)")
-    if name.endswith(".safetensors.index.json"):
-        shard_of = {t: path.parent / f for t, f in _index_shards(path).items()}
-        files = sorted(set(shard_of.values()))
-        stem = name[: -len(".safetensors.index.json")]
-        return Ingredient(
-            stem,
-            path,
-            SHARDED,
-            files,
-            shard_of,
-            metadata=read_sidecar(path.parent / f"{stem}.safetensors"),
-        )
+    for suffix, fmt in INDEX_SUFFIXES.items():
+        if name.endswith(suffix):
+            shard_of = {t: path.parent / f for t, f in _index_shards(path).items()}
+            stem = name[: -len(suffix)]
+            sidecar = path.parent / (stem + suffix.removesuffix(".index.json"))
+            return Ingredient(
+                stem,
+                path,
+                fmt,
+                sorted(set(shard_of.values())),
+                shard_of,
+                metadata=read_sidecar(sidecar),
+            )
     if name.endswith(".safetensors"):
         return Ingredient(path.stem, path, SAFETENSORS, [path], metadata=read_sidecar(path))
     if name.endswith(PICKLE_SUFFIXES):
         return Ingredient(path.stem, path, PICKLE, [path], metadata=read_sidecar(path))
     raise IngredientError(
-        f"{path}: unknown checkpoint format (expected .safetensors, .safetensors.index.json, "
-        ".pt, .pth or .bin)"
+        f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .bin or a "
+        "sharded index, *.safetensors.index.json or *.bin.index.json)"
     )
 
 
 def _index_shards(index: Path) -> dict[str, str]:
     """Tensor name -> shard file name, refusing shards outside the index's directory."""
+    kind = "safetensors" if index.name.endswith(".safetensors.index.json") else "sharded"
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, nesting
-        raise IngredientError(f"{index}: not a valid safetensors index ({e})") from None
+        raise IngredientError(f"{index}: not a valid {kind} index ({e})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise IngredientError(
-            f"{index}: not a valid safetensors index (needs a JSON object with a 'weight_map')"
+            f"{index}: not a valid {kind} index (needs a JSON object with a 'weight_map')"
         )
     folder = index.parent.resolve()
     checked: set[str] = set()

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 SAFETENSORS = "safetensors"
 SHARDED = "safetensors-sharded"
 PICKLE = "pytorch"
+PICKLE_SHARDED = "pytorch-sharded"
+PICKLE_FORMATS = (PICKLE, PICKLE_SHARDED)
 
 
 @dataclass(eq=False)
@@ -32,7 +34,8 @@ class Ingredient:
     Attributes:
         name: short unique name (file or directory stem).
         source: the path the user gave (file, index file or model directory).
-        format: ``"safetensors"``, ``"safetensors-sharded"`` or ``"pytorch"``.
+        format: ``"safetensors"``, ``"safetensors-sharded"``, ``"pytorch"`` or
+            ``"pytorch-sharded"`` (``pytorch_model.bin.index.json``).
         files: the weight files, in order.
         shard_of: for sharded sets, tensor name -> file.
         hf_dir: the Hugging Face model directory it came from, if any.
@@ -53,6 +56,7 @@ class Ingredient:
     _infos: dict[str, TensorInfo] | None = field(default=None, repr=False)
     _offsets: dict[str, int] = field(default_factory=dict, repr=False)
     _pickle: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _pickle_file: Path | None = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
     @property
@@ -84,8 +88,11 @@ class Ingredient:
         writing to it never reaches the file, and the mapping (with its resident pages) goes
         away with the tensor, so streaming through many ingredients keeps memory flat.
         """
-        if self.format == PICKLE:
-            return self._load_pickle()[name]
+        if self.format in PICKLE_FORMATS:
+            state = self._load_pickle(self.shard_of.get(name, self.files[0]))
+            if name not in state:
+                raise IngredientError(f"{self.source}: no tensor named {name!r}")
+            return state[name]
         info = self.tensor_infos.get(name)
         if info is None:
             raise IngredientError(f"{self.source}: no tensor named {name!r}")
@@ -97,20 +104,12 @@ class Ingredient:
 
     def release(self) -> None:
         """Drop cached tensors (safetensors tensors hold no handles beyond their own lifetime)."""
-        self._pickle = None
+        self._pickle = self._pickle_file = None
 
     def _read_infos(self) -> dict[str, TensorInfo]:
-        if self.format == PICKLE:
-            from modelsoup.ingredients.dtypes import from_torch
-
-            return {
-                k: TensorInfo(k, tuple(v.shape), from_torch(v.dtype))
-                for k, v in self._load_pickle().items()
-            }
         infos: dict[str, TensorInfo] = {}
         for path in self.files:
-            file_infos, _, _, offsets = read_layout(path)
-            self._offsets.update(offsets)
+            file_infos = self._file_infos(path)
             for name, info in file_infos.items():
                 if name in infos:
                     raise IngredientError(
@@ -136,11 +135,27 @@ class Ingredient:
             raise IngredientError(f"{self.source}: holds no tensors")
         return infos
 
-    def _load_pickle(self) -> dict[str, torch.Tensor]:
-        if self._pickle is None:
+    def _file_infos(self, path: Path) -> dict[str, TensorInfo]:
+        """The tensors of one weight file: from the header (safetensors) or by loading it."""
+        if self.format in PICKLE_FORMATS:
+            from modelsoup.ingredients.dtypes import from_torch
+
+            return {
+                k: TensorInfo(k, tuple(v.shape), from_torch(v.dtype))
+                for k, v in self._load_pickle(path).items()
+            }
+        file_infos, _, _, offsets = read_layout(path)
+        self._offsets.update(offsets)
+        return file_infos
+
+    def _load_pickle(self, path: Path) -> dict[str, torch.Tensor]:
+        """One pickle file's tensors; only the last file read stays loaded (one shard at a time)."""
+        if self._pickle is None or self._pickle_file != path:
             from modelsoup.ingredients.pickle_format import load_state_dict
 
-            self._pickle = load_state_dict(self.files[0])
+            self._pickle = None  # free the previous shard before loading the next
+            self._pickle = load_state_dict(path)
+            self._pickle_file = path
         return self._pickle
 
 
