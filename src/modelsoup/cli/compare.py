@@ -16,6 +16,7 @@ from modelsoup.cli.options import (
     paths_argument,
     precision_option,
     quiet,
+    run_dir_option,
     task_option,
 )
 
@@ -23,15 +24,7 @@ from modelsoup.cli.options import (
 @click.command("compare")
 @paths_argument
 @task_option()
-@click.option(
-    "-o",
-    "--out",
-    "run_dir",
-    required=True,
-    type=click.Path(),
-    metavar="RUN_DIR",
-    help="Run directory for results.json, results.csv, report.md and fig1.png.",
-)
+@run_dir_option("Run directory for results.json, results.csv, report.md, fig1.png and soups/.")
 @click.option(
     "--seed",
     default=0,

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import click
 
-from modelsoup.cli.options import device_option, quiet, rank_zero_only
+from modelsoup.cli.options import device_option, quiet, rank_zero_only, run_dir_option
 
 
 @click.command("demo")
-@click.option(
-    "-o",
-    "--out",
-    "run_dir",
-    type=click.Path(),
-    default=None,
-    metavar="RUN_DIR",
-    help="Run directory [default: runs/demo, or runs/demo-quick with --quick].",
+@run_dir_option(
+    "Run directory [default: runs/demo, or runs/demo-quick with --quick].", required=False
 )
 @click.option(
     "--trials",

@@ -13,6 +13,7 @@ from modelsoup.cli.options import (
     paths_argument,
     precision_option,
     quiet,
+    run_dir_option,
     task_option,
 )
 from modelsoup.cli.table import format_table
@@ -21,10 +22,7 @@ from modelsoup.cli.table import format_table
 @click.command("evaluate")
 @paths_argument
 @task_option()
-@click.option(
-    "-o", "--out", "run_dir", required=True, type=click.Path(), metavar="RUN_DIR",
-    help="Run directory; evaluation.json and evaluation.csv are written there.",
-)  # fmt: skip
+@run_dir_option("Run directory; evaluation.json and evaluation.csv are written there.")
 @click.option(
     "--overwrite", is_flag=True, help="Replace evaluation.json/.csv if RUN_DIR already has them."
 )

@@ -74,6 +74,20 @@ def rank_zero_only(command: str) -> bool:
     return False
 
 
+def run_dir_option(help: str, *, required: bool = True) -> Callable[[Callable], Callable]:
+    """``-o/--out RUN_DIR``: where a command writes its results (``run_dir`` parameter)."""
+    return click.option(
+        "-o",
+        "--out",
+        "run_dir",
+        required=required,
+        default=None,
+        type=click.Path(),
+        metavar="RUN_DIR",
+        help=help,
+    )
+
+
 def output_options(f: Callable) -> Callable:
     f = click.option(
         "--overwrite", is_flag=True, help="Replace OUT if it exists (never an input)."

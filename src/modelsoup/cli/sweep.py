@@ -13,7 +13,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from modelsoup.cli.options import device_option, join_ranks, model_option_flags, quiet, task_option
+from modelsoup.cli.options import (
+    device_option,
+    join_ranks,
+    model_option_flags,
+    quiet,
+    run_dir_option,
+    task_option,
+)
 from modelsoup.demo.sweep import QUICK, SweepOptions
 
 
@@ -56,14 +63,6 @@ run = device_option(run)
 run = click.option("--quick", is_flag=True, help="Half-length runs and a smaller linear probe.")(
     run
 )
-run = click.option(
-    "-o",
-    "--out",
-    "run_dir",
-    required=True,
-    type=click.Path(),
-    metavar="RUN_DIR",
-    help="Run directory (created; reused to resume).",
-)(run)
+run = run_dir_option("Run directory (created; reused to resume).")(run)
 run = task_option()(run)
 command = click.command("sweep")(run)
