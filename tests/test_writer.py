@@ -50,6 +50,15 @@ def test_round_trip_with_safetensors_and_the_model(soup, tmp_path: Path) -> None
     assert digest == _sha256(tmp_path / "out" / "model.safetensors")
 
 
+def test_the_soup_directory_and_files_get_the_usual_permissions(soup, tmp_path: Path) -> None:
+    from modelsoup.atomic import DIR_MODE, FILE_MODE
+
+    soup.save(tmp_path / "out")
+    assert (tmp_path / "out").stat().st_mode & 0o777 == DIR_MODE  # not mkdtemp's 0o700
+    for f in (tmp_path / "out").iterdir():
+        assert f.stat().st_mode & 0o777 == FILE_MODE, f.name
+
+
 def test_the_header_is_8_byte_aligned(soup, tmp_path: Path) -> None:
     soup.save(tmp_path / "out")
     raw = (tmp_path / "out" / "model.safetensors").read_bytes()

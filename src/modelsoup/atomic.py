@@ -2,7 +2,8 @@
 
 Readers never see half a file, a crash leaves the old file (or none) in place, and a failed
 write removes its temporary file. Files get the usual permissions (``0o666`` minus the umask),
-not the owner-only mode of :func:`tempfile.mkstemp`.
+not the owner-only mode of :func:`tempfile.mkstemp` (:data:`DIR_MODE` does the same for
+directories made with :func:`tempfile.mkdtemp`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+#: Modes of new files and directories: the usual ones, minus the umask read at import.
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 @contextmanager
@@ -38,7 +42,7 @@ def atomic_path(
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, FILE_MODE)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

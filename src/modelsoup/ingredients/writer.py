@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from modelsoup.atomic import DIR_MODE
 from modelsoup.errors import OutputError
 from modelsoup.ingredients.digest import combine_digests
 from modelsoup.ingredients.dtypes import from_torch
@@ -148,6 +149,7 @@ def write_soup(
         tmp = Path(
             tempfile.mkdtemp(prefix=partial_prefix(out.name), suffix=".partial", dir=out.parent)
         )
+        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it owner-only
     except OSError as e:
         _remove_dirs(created)
         raise OutputError(
