@@ -7,6 +7,8 @@ equal a single-process run exactly.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import os
 from typing import Any
@@ -71,7 +73,17 @@ def init(device: str = "auto") -> torch.device:
                 f"MODELSOUP_DIST_TIMEOUT={raw!r}: give a number of seconds"
             ) from None
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
+        # Without this, gloo's worker threads can outlive the interpreter and the process
+        # aborts at exit ("terminate called without an active exception", SIGABRT).
+        atexit.register(_destroy_process_group)
     return dev
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        # already torn down, or a peer is gone: the process is exiting anyway
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def active() -> bool:

@@ -319,3 +319,26 @@ def test_two_gpus_with_nccl_select_like_one_gpu(tmp_path: Path, runs: dict[str, 
         assert got["predictions"] == single["predictions"]
         assert got["greedy"]["chosen"] == single["greedy"]["chosen"]
         assert got["learned"]["alpha"] == pytest.approx(single["learned"]["alpha"], abs=1e-5)
+
+
+def test_the_process_group_is_destroyed_at_exit(tmp_path: Path) -> None:
+    """gloo threads outliving the interpreter abort the process at exit (SIGABRT): init()
+    registers destroy_process_group with atexit."""
+    script = tmp_path / "exit_check.py"
+    script.write_text(
+        "import atexit\n"
+        "import torch\n"
+        "import torch.distributed as dist\n"
+        "from modelsoup import distributed\n"
+        "distributed.init('cpu')\n"
+        "t = torch.ones(1)\n"
+        "distributed.all_reduce_sum(t)\n"
+        "rank = distributed.rank()\n"
+        "atexit._run_exitfuncs()\n"
+        "print(f'rank {rank} sum {int(t)} initialized {dist.is_initialized()}')\n"
+    )
+    out = finish(launch([str(script)], tmp_path / "cache"), timeout=120)
+    assert sorted(out.splitlines()) == [
+        "rank 0 sum 2 initialized False",
+        "rank 1 sum 2 initialized False",
+    ]
