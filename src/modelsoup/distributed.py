@@ -87,14 +87,32 @@ def _destroy_process_group() -> None:
 
 
 def active() -> bool:
+    """Whether a process group of more than one rank is running (torchrun).
+
+    Example:
+        >>> active()  # a plain `python` process
+        False
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 outside torchrun).
+
+    Example:
+        >>> rank()
+        0
+    """
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
+    """The number of ranks (1 outside torchrun).
+
+    Example:
+        >>> world_size()
+        1
+    """
     return dist.get_world_size() if active() else 1
 
 
@@ -193,6 +211,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing outside torchrun).
+
+    Example:
+        >>> barrier()  # every rank has written its part before rank 0 reads them
+    """
     if active():
         dist.barrier()
 

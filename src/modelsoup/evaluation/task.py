@@ -196,14 +196,23 @@ _BUILTIN: dict[str, tuple[str, str]] = {}
 
 
 def register_task(name: str, target: str, summary: str) -> None:
-    """Register a built-in task: ``name`` -> ``"package.module:factory"``."""
+    """Register a built-in task: ``name`` -> ``"package.module:factory"``.
+
+    Example:
+        >>> register_task("toy", "modelsoup.tasks.toy:make_task", "a 4-class MLP")  # doctest: +SKIP
+    """
     if name in _BUILTIN:
         raise TaskError(f"a task named {name!r} is already registered")
     _BUILTIN[name] = (target, summary)
 
 
 def builtin_tasks() -> dict[str, tuple[str, str]]:
-    """Registered task names -> (target, one-line summary)."""
+    """Registered task names -> (target, one-line summary).
+
+    Example:
+        >>> sorted(builtin_tasks())
+        ['demo', 'toy']
+    """
     _load_builtins()
     return dict(_BUILTIN)
 

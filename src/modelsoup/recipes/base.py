@@ -124,5 +124,10 @@ def get_recipe(name: str) -> type[Recipe]:
 
 
 def list_recipes() -> list[type[Recipe]]:
-    """Every registered recipe class, by name."""
+    """Every registered recipe class, by name.
+
+    Example:
+        >>> [r.name for r in list_recipes()]  # doctest: +SKIP
+        ['greedy', 'learned', 'uniform', 'weighted']
+    """
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
