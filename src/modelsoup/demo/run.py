@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -268,18 +269,22 @@ def _prepend_summary(
             f"({len(result.methods['greedy_soup'].ingredients)} of {len(trials)} runs) is saved "
             "in `soups/greedy_soup/` (`model.safetensors`, `soup.json`, a soup card)."
         )
+    paragraphs = [
+        f"Model: {metadata['model']}, mean pooling and a 2-way head fitted by a linear probe (the "
+        "shared init). Each run fine-tunes it on Rotten Tomatoes snippets (train movies) with "
+        "hyperparameters drawn at random; the soups average their weights. Selection uses "
+        "held-out movies; the ID test uses other unseen movies; the shifts are typos, Amazon food "
+        "reviews, tweets and drug reviews.",
+        verdict,
+        f"Wall time: {t.get('total', 0):.0f}s (task {t.get('task', 0):.0f}s, sweep "
+        f"{t.get('sweep', 0):.0f}s, compare {t.get('compare', 0):.0f}s; trials reused from "
+        f"earlier runs cost nothing) on {machine['cpus']} CPU(s), {machine['platform']}, "
+        f"torch {machine['torch']}.",
+    ]
+    text = "\n\n".join(textwrap.fill(para, width=96) for para in paragraphs if para)
     header = f"""# modelsoup demo ({metadata["preset"]}, {metadata["trials"]} runs)
 
-Model: {metadata["model"]}, mean pooling and a 2-way head fitted by a linear probe (the shared
-init). Each run fine-tunes it on Rotten Tomatoes snippets (train movies) with hyperparameters
-drawn at random; the soups average their weights. Selection uses held-out movies; the ID test
-uses other unseen movies; the shifts are typos, Amazon food reviews, tweets and drug reviews.
-
-{verdict}
-
-Wall time: {t.get("total", 0):.0f}s (task {t.get("task", 0):.0f}s, sweep {t.get("sweep", 0):.0f}s,
-compare {t.get("compare", 0):.0f}s; trials reused from earlier runs cost nothing) on
-{machine["cpus"]} CPU(s), {machine["platform"]}, torch {machine["torch"]}.
+{text}
 
 ## The runs
 
