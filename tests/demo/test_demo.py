@@ -140,4 +140,5 @@ def test_cli_demo_smoke(
     assert code == 0
     out = capsys.readouterr().out
     assert "greedy_soup" in out and "best_individual" in out and "report:" in out
+    assert f"greedy soup: {run / 'soups' / 'greedy_soup'}" in out
     assert (run / "fig1.png").stat().st_size > 1000

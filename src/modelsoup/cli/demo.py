@@ -83,3 +83,5 @@ def command(
     for line in summary_lines(result.comparison, result.timings):
         click.echo(line)
     click.echo(f"report: {result.files['report.md']}")
+    if "soups/greedy_soup" in result.files:
+        click.echo(f"greedy soup: {result.files['soups/greedy_soup']}")
