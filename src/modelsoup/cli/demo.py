@@ -20,7 +20,8 @@ from modelsoup.cli.options import device_option, quiet, rank_zero_only, run_dir_
     "--trials",
     type=click.IntRange(min=2),
     default=None,
-    help="Fine-tuning runs [default: 8, or 4 with --quick; 24 for a stronger result].",
+    help="Fine-tuning runs [default: 8, or 4 with --quick; 24: a larger sweep, about 29 more "
+    "minutes].",
 )
 @click.option(
     "--quick",

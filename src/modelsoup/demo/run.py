@@ -115,7 +115,8 @@ def run_demo(
         run_dir: the run directory (default: the preset's, e.g. ``runs/demo``).
         preset: ``"default"`` (8 runs, under 20 minutes on 2 CPU cores), ``"quick"`` (4 runs,
             smaller evaluation sets, under 5 minutes) or ``"smoke"`` (for tests).
-        trials: override the preset's number of runs (``24`` gives a stronger result).
+        trials: override the preset's number of runs (``24``: a larger sweep, the stronger
+            test of the soups as a family).
         seed: seeds the sweep, the subsamples, the typos and the statistics.
         model_dir: another encoder directory (tests use a tiny BERT); default: MiniLM.
         device: where evaluation runs (training runs on the CPU).
