@@ -183,6 +183,40 @@ def test_cook_greedy_resumes_after_sigkill(
     assert journals(cache) == []  # removed once the soup was written
 
 
+def torchrun_cli(
+    args: list[str], cache: Path, *, kill: str | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m modelsoup ARGS`` on two CPU ranks under ``torchrun --standalone``; ``kill``
+    (``<event>:<n>``) reaches both ranks, which die together at that point."""
+    env = {**os.environ, "MODELSOUP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    env.update({"OMP_NUM_THREADS": "1"})
+    env.pop(KILL_ENV, None)
+    if kill is not None:
+        env[KILL_ENV] = kill
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    argv += ["-m", "modelsoup", *map(str, args)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.distributed
+def test_cook_greedy_under_torchrun_resumes_after_sigkill(
+    ingredients: Path, reference, tmp_path: Path
+) -> None:
+    ref = reference("greedy", [*GREEDY, ingredients])
+    out, cache = tmp_path / "soup", tmp_path / "cache"
+    args = [*GREEDY, ingredients, "-o", out]
+    killed = torchrun_cli(args, cache, kill="greedy-step:4")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not out.exists() and list(tmp_path.iterdir()) == [cache]
+    assert len(journals(cache)) == 1  # written by rank 0 alone
+    rerun = torchrun_cli(args, cache)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from the journal after 4 of 5 ingredients" in rerun.stderr
+    assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert manifest(out)["info"]["chosen"] == manifest(ref)["info"]["chosen"] == ["ft4", "ft1"]
+    assert journals(cache) == []
+
+
 def test_cook_killed_while_writing_leaves_no_soup(
     ingredients: Path, reference, tmp_path: Path
 ) -> None:
@@ -249,6 +283,27 @@ def test_cook_learned_resumes_after_sigkill(
     assert message in rerun.stderr
     # --journal-every is recorded with the options but is not part of the journal's key
     assert_same_soup(out, ref, **({"journal_every": 3} if flags else {}))
+    assert journals(cache) == []
+
+
+@pytest.mark.distributed
+def test_cook_learned_under_torchrun_resumes_after_sigkill(
+    ingredients: Path, tmp_path: Path
+) -> None:
+    """Both ranks killed after step 5 (journal every 3 steps): the rerun resumes at step 4 and
+    ends bitwise where an uninterrupted 2-rank run ends."""
+    ref = tmp_path / "ref"
+    done = torchrun_cli([*LEARNED, ingredients, "-o", ref / "soup"], ref / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, cache = tmp_path / "run" / "soup", tmp_path / "run" / "cache"
+    args = [*LEARNED, "--journal-every", "3", ingredients, "-o", out]
+    killed = torchrun_cli(args, cache, kill="learned-step:5")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not out.exists() and len(journals(cache)) == 1
+    rerun = torchrun_cli(args, cache)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from the journal at step 4" in rerun.stderr
+    assert_same_soup(out, ref / "soup", journal_every=3)
     assert journals(cache) == []
 
 
