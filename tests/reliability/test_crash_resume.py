@@ -211,7 +211,8 @@ def test_cook_greedy_under_torchrun_resumes_after_sigkill(
     assert len(journals(cache)) == 1  # written by rank 0 alone
     rerun = torchrun_cli(args, cache)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from the journal after 4 of 5 ingredients" in rerun.stderr
+    # torchrun may stop rank 0 (which keeps the journal) one step before its own kill point
+    assert re.search(r"resuming from the journal after [34] of 5 ingredients", rerun.stderr)
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert manifest(out)["info"]["chosen"] == manifest(ref)["info"]["chosen"] == ["ft4", "ft1"]
     assert journals(cache) == []
