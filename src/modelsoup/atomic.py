@@ -23,7 +23,7 @@ DIR_MODE = 0o777 & ~_UMASK
 
 @contextmanager
 def atomic_path(
-    path: str | Path, *, prefix: str | None = None, suffix: str = ".tmp"
+    path: str | Path, *, prefix: str | None = None, suffix: str = ".tmp", fsync: bool = True
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; once the block succeeds, rename it to ``path``.
 
@@ -31,6 +31,7 @@ def atomic_path(
         path: the file to write.
         prefix: the temporary file's name prefix (default ``.<name>.``).
         suffix: the temporary file's name suffix.
+        fsync: flush the file to disk before the rename (off for caches, which may be lost).
 
     Example:
         >>> with atomic_path(Path("run/soup.safetensors")) as tmp:  # doctest: +SKIP
@@ -44,8 +45,9 @@ def atomic_path(
     try:
         os.chmod(tmp, FILE_MODE)
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

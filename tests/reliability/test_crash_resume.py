@@ -82,16 +82,21 @@ def train_ingredients(folder: Path) -> list[Path]:
     return paths
 
 
-def modelsoup_cli(
-    args: list[str], cache: Path, *, kill: str | None = None, quiet: bool = True
-) -> subprocess.CompletedProcess:
-    """Run ``python -m modelsoup ARGS`` with its own cache; ``kill`` is ``<event>:<n>``."""
+def _env(cache: Path, kill: str | None) -> dict[str, str]:
+    """The environment of a command run: its own cache, offline, and the kill hook if any."""
     env = {**os.environ, "MODELSOUP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     env.pop(KILL_ENV, None)
     if kill is not None:
         env[KILL_ENV] = kill
+    return env
+
+
+def modelsoup_cli(
+    args: list[str], cache: Path, *, kill: str | None = None, quiet: bool = True
+) -> subprocess.CompletedProcess:
+    """Run ``python -m modelsoup ARGS`` with its own cache; ``kill`` is ``<event>:<n>``."""
     argv = [sys.executable, "-m", "modelsoup", *(["-q"] if quiet else []), *map(str, args)]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(argv, env=_env(cache, kill), capture_output=True, text=True, timeout=300)
     if kill is None:
         assert proc.returncode == 0, proc.stderr
     else:
@@ -188,11 +193,7 @@ def torchrun_cli(
 ) -> subprocess.CompletedProcess:
     """``python -m modelsoup ARGS`` on two CPU ranks under ``torchrun --standalone``; ``kill``
     (``<event>:<n>``) reaches both ranks, which die together at that point."""
-    env = {**os.environ, "MODELSOUP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    env.update({"OMP_NUM_THREADS": "1"})
-    env.pop(KILL_ENV, None)
-    if kill is not None:
-        env[KILL_ENV] = kill
+    env = {**_env(cache, kill), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     argv += ["-m", "modelsoup", *map(str, args)]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
@@ -318,8 +319,7 @@ def test_cook_survives_repeated_kills_at_random_times(
     args = {"greedy": GREEDY, "learned": LEARNED}[name]
     ref = reference(name, [*args, ingredients])
     out, cache = tmp_path / "soup", tmp_path / "cache"
-    env = {**os.environ, "MODELSOUP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    env.pop(KILL_ENV, None)
+    env = _env(cache, None)
     argv = [sys.executable, "-m", "modelsoup", "-q", *map(str, [*args, ingredients, "-o", out])]
     rng = random.Random(name)
     kills = 0

@@ -96,7 +96,7 @@ class PredictionCache:
         path = self.path(key, fingerprint)
         meta = {"format": FORMAT, "key": key, "fingerprint": fingerprint}
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(path, fsync=False) as tmp:  # a cache: no need to sync
                 save_file({"logits": logits, "have": have}, str(tmp), metadata=meta)
         except OSError as e:
             log.warning("could not write the prediction cache at %s (%s)", path, e)
