@@ -79,6 +79,20 @@ def init(device: str = "auto") -> torch.device:
     return dev
 
 
+def shutdown() -> None:
+    """End a successful run under torchrun: wait for every rank, then destroy the process group.
+
+    A rank that tears its group down while a peer is still finishing can abort (gloo); the
+    barrier makes every rank leave together. Nothing happens outside torchrun. (On other exits
+    the group is destroyed without a barrier, at interpreter exit.)
+
+    Example:
+        >>> shutdown()  # the last line of a torchrun entry point
+    """
+    barrier()
+    _destroy_process_group()
+
+
 def _destroy_process_group() -> None:
     if dist.is_initialized():
         # already torn down, or a peer is gone: the process is exiting anyway

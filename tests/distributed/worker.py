@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = run(args.ckpts, args.out, args.cache, args.sweep_dir, args.cli, args.device)
     Path(args.out, f"rank{record['rank']}.json").write_text(json.dumps(record, indent=1))
+    from modelsoup import distributed
+
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -112,7 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entrypoint() -> None:
     """Console-script entry point (also ``python -m modelsoup`` and ``python -m modelsoup.cli.main``,
     e.g. under ``torchrun --nproc_per_node 2 -m modelsoup.cli.main ...``)."""
-    sys.exit(main())
+    code = main()
+    if code == 0 and "modelsoup.distributed" in sys.modules:  # never import torch for --help
+        from modelsoup import distributed
+
+        distributed.shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
